@@ -1,0 +1,56 @@
+# The two commands a new user needs: `make run` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+MODEL_DIR := build/moderation-minilm
+REDIS_URL ?= redis://127.0.0.1:6379/0
+export REDIS_URL
+
+.PHONY: run test venv model redis worker api bench lint clean
+
+$(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker.txt requirements/run.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/run.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt requirements/train.txt
+	$(PY) -m pip install -q -r requirements/dev.txt
+	touch $@
+
+venv: $(VENV)/.installed-run
+
+# Assemble the bundled model from model/artifact + the pip-installed MiniLM; prints its path last.
+model: venv
+	@$(PY) -m model.build
+
+redis: venv
+	$(PY) -m scripts.redis_server run $(REDIS_URL)
+
+worker: venv
+	@test -n "$$MODEL_PATH$$MODELS" || $(PY) -m model.build >/dev/null
+	exec $(PY) -m worker
+
+api: venv
+	exec $(VENV)/bin/gunicorn --config api/gunicorn_conf.py "api:create_app()"
+
+run: venv
+	@test -n "$$MODEL_PATH$$MODELS" || $(PY) -m model.build
+	exec $(PY) -m scripts.run
+
+test: $(VENV)/.installed-dev
+	$(PY) -m model.build
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-dev
+	$(PY) -m model.build >/dev/null
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build var .pytest_cache

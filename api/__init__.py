@@ -1,0 +1,67 @@
+"""The HTTP API (Flask app factory). Never imports torch: it only talks to Redis and Celery.
+
+Follow one job: api/jobs.py (route) -> api/validation.py + api/schemas.py (body) ->
+api/submission.py (record + Celery message) -> worker/ -> shared/jobs.py (record read back).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kombu.exceptions
+import redis
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from api import health, jobs, moderations, openapi
+from api.errors import error_response, register_error_handlers
+from api.extensions import Services
+from api.limits import init_limiter
+from api.metrics import count_rejection, init_metrics
+from api.schemas import build_schemas
+from shared import metrics as names
+from shared.celery_app import make_celery
+from shared.config import Settings, get_settings
+from shared.jobs import JobStore
+from shared.model_registry import load_specs
+from shared.redis_client import make_redis
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
+    app.json.sort_keys = False
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
+
+    client = make_redis(settings)
+    specs = load_specs(settings)
+    app.extensions["moderation"] = Services(
+        settings=settings,
+        redis=client,
+        store=JobStore(client, settings.result_ttl),
+        celery=make_celery(settings),
+        models=specs,
+        schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds),
+    )
+    register_error_handlers(app)
+    _register_outage_handler(app)
+    init_limiter(app, settings)
+    app.register_blueprint(init_metrics(app, client, [spec.queue for spec in specs.values()]))
+    for blueprint in (jobs.bp, moderations.bp, health.bp, openapi.bp):
+        app.register_blueprint(blueprint)
+    return app
+
+
+def _register_outage_handler(app: Flask) -> None:
+    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(kombu.exceptions.OperationalError)
+    def redis_unavailable(exc: Exception):
+        # Redis (job store or broker) is down: nothing was accepted, so the client may simply retry.
+        log.warning("Redis unavailable: %s", exc)
+        count_rejection(names.REJECT_UNAVAILABLE)
+        return error_response(503, "unavailable", "the job queue is unavailable; retry shortly",
+                              headers={"Retry-After": "1"})

@@ -1,0 +1,42 @@
+"""Optional API keys (API_KEYS / API_KEYS_FILE): Bearer auth and job ownership.
+
+A job remembers a hash of the key that created it; any other key gets 404 for it, so ids leak
+nothing. Keys are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import g, request
+
+from api.errors import APIError
+from api.extensions import services
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def key_fingerprint(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def require_api_key() -> None:
+    """before_request hook for job blueprints: sets g.owner ("" when keys are off)."""
+    keys = services().settings.api_keys
+    g.owner = ""
+    if not keys:
+        return
+    presented = _presented_key()
+    # Compare against every key so timing does not reveal which one (or whether any) matched.
+    matched = False
+    for key in keys:
+        matched |= presented is not None and hmac.compare_digest(presented.encode(), key.encode())
+    if not matched:
+        raise APIError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)",
+                       headers={"WWW-Authenticate": "Bearer"})
+    g.owner = key_fingerprint(presented)

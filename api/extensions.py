@@ -1,0 +1,28 @@
+"""The app's long-lived collaborators, built once in create_app and reached through `services()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import current_app
+
+from api.schemas import RequestSchemas
+from shared.config import Settings
+from shared.jobs import JobStore
+from shared.model_registry import ModelSpec
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    store: JobStore
+    celery: Celery
+    models: dict[str, ModelSpec]
+    schemas: RequestSchemas
+
+
+def services() -> Services:
+    return current_app.extensions["moderation"]

@@ -1,0 +1,29 @@
+"""POST /v1/moderations: OpenAI-compatible, synchronous on top of the same job queue."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from api.auth import require_api_key
+from api.errors import APIError
+from api.extensions import services
+from api.submission import submit_job
+from api.validation import parse_json_body
+from shared.jobs import SUCCEEDED
+
+bp = Blueprint("moderations", __name__)
+bp.before_request(require_api_key)
+
+
+@bp.post("/v1/moderations")
+def create_moderation():
+    svc = services()
+    body = parse_json_body(svc.schemas.moderations)
+    record = submit_job(body.texts(), body.model)
+    finished = svc.store.wait_until_finished(record.job_id, svc.settings.moderations_timeout)
+    if finished is None or not finished.finished:
+        raise APIError(504, "timeout", "the job did not finish in time; poll its status_url",
+                       job_id=record.job_id, status_url=f"/jobs/{record.job_id}")
+    if finished.status != SUCCEEDED:
+        raise APIError(500, "job_failed", finished.error or "the job failed", job_id=record.job_id)
+    return jsonify({"id": record.job_id, "model": record.model, "results": finished.results})

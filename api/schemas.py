@@ -1,0 +1,101 @@
+"""Request and response schemas. The API validates with these and /openapi.json is generated from them.
+
+Limits come from Settings, so the models are built per app by `build_schemas(settings)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _valid_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text must not be empty or only whitespace")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text is not valid Unicode (it contains a lone surrogate)") from exc
+    return text
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: Literal["queued"]
+    model: str
+    status_url: str
+
+
+class Job(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    model: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    results: list[ModerationResult] | None
+    error: str | None
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    job_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+@dataclass(frozen=True)
+class RequestSchemas:
+    generate: type[BaseModel]
+    moderations: type[BaseModel]
+
+
+def build_schemas(max_items: int, max_chars: int, max_wait: float) -> RequestSchemas:
+    Text = Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(_valid_text)]
+    Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items)]
+    strict = ConfigDict(extra="forbid", strict=True)
+
+    class GenerateRequest(BaseModel):
+        """Exactly one of input_text (one text) or inputs (several)."""
+        model_config = strict
+        input_text: Text | None = None
+        inputs: Texts | None = None
+        model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+        wait: Annotated[float, Field(ge=0, le=max_wait)] | None = None
+
+        @model_validator(mode="after")
+        def _one_form(self):
+            if (self.input_text is None) == (self.inputs is None):
+                raise ValueError("give exactly one of input_text (a string) or inputs (a list of strings)")
+            return self
+
+        def texts(self) -> list[str]:
+            return [self.input_text] if self.input_text is not None else list(self.inputs or [])
+
+    class ModerationsRequest(BaseModel):
+        """OpenAI-compatible: input is one text or a list of texts."""
+        model_config = strict
+        input: Text | Texts
+        model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+        def texts(self) -> list[str]:
+            return [self.input] if isinstance(self.input, str) else list(self.input)
+
+    return RequestSchemas(GenerateRequest, ModerationsRequest)

@@ -1,0 +1,59 @@
+"""Accepting a job: check the model and queue, write the record, then enqueue the Celery message."""
+
+from __future__ import annotations
+
+import time
+
+from flask import g
+
+from api.errors import APIError
+from api.extensions import services
+from api.metrics import JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection
+from shared import metrics as names
+from shared.jobs import JobRecord, new_job_id
+from shared.model_registry import ModelSpec
+from shared.queue_stats import queue_depth
+from shared.queues import MODERATE_TASK
+
+RETRY_AFTER_SECONDS = "1"
+
+
+def resolve_model(name: str | None) -> ModelSpec:
+    svc = services()
+    name = name or svc.settings.default_model
+    spec = svc.models.get(name)
+    if spec is None:
+        raise APIError(400, "unknown_model",
+                       f"model: '{name}' is not configured (available: {', '.join(svc.models)})")
+    return spec
+
+
+def submit_job(texts: list[str], model: str | None) -> JobRecord:
+    svc = services()
+    spec = resolve_model(model)
+    if queue_depth(svc.redis, spec.queue) >= svc.settings.max_queue_depth:
+        count_rejection(names.REJECT_QUEUE_FULL)
+        raise APIError(503, "queue_full", f"the {spec.name} queue holds MAX_QUEUE_DEPTH="
+                       f"{svc.settings.max_queue_depth} jobs; retry later",
+                       headers={"Retry-After": RETRY_AFTER_SECONDS})
+    record = JobRecord(job_id=new_job_id(), model=spec.name, n_texts=len(texts), owner=g.get("owner", ""))
+    # The record exists before the message, so a worker (or GET) never sees an unknown job.
+    svc.store.create(record)
+    try:
+        svc.celery.send_task(MODERATE_TASK, args=[record.job_id, spec.name, texts], queue=spec.queue,
+                             task_id=record.job_id, headers={"enqueued_at": time.time()})
+    except Exception:
+        svc.store.delete(record.job_id)
+        raise
+    JOBS_SUBMITTED.labels(spec.name).inc()
+    TEXTS_SUBMITTED.labels(spec.name).inc(len(texts))
+    return record
+
+
+def find_job(job_id: str) -> JobRecord:
+    """The job if it exists and belongs to the caller; otherwise 404 (never 403: ids leak nothing)."""
+    from shared.jobs import is_job_id
+    record = services().store.get(job_id) if is_job_id(job_id) else None
+    if record is None or record.owner != g.get("owner", ""):
+        raise APIError(404, "not_found", f"no job with id '{job_id}' (unknown or expired)")
+    return record

@@ -1,0 +1,186 @@
+"""All configuration, read once from the environment (12-factor style).
+
+Every variable, its default and its meaning is listed in README.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Where `make model` assembles the bundled model (git-ignored).
+BUNDLED_MODEL_PATH = PROJECT_ROOT / "build" / "moderation-minilm"
+DEFAULT_SAFE_LABELS = "ok,safe,neutral,non-toxic,non_toxic,not_toxic,nontoxic,neither,normal,clean,none"
+
+
+class ConfigError(ValueError):
+    """A malformed environment variable; raised at start-up, never per request."""
+
+
+def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "")
+    try:
+        value = int(raw) if raw.strip() else default
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: dict, name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _csv(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _parse_models(env: dict) -> dict[str, str]:
+    """MODELS="name=/path,other=/path" (or a JSON object); MODEL_PATH alone is the single default model."""
+    raw = env.get("MODELS", "").strip()
+    if not raw:
+        return {env.get("DEFAULT_MODEL", "").strip() or "default": env.get("MODEL_PATH", "").strip()
+                or str(BUNDLED_MODEL_PATH)}
+    if raw.startswith("{"):
+        try:
+            models = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"MODELS is not valid JSON: {exc}") from exc
+    else:
+        models = {}
+        for item in _csv(raw):
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ConfigError(f"MODELS entries must look like name=/path, got {item!r}")
+            models[name.strip()] = path.strip()
+    if not isinstance(models, dict) or not models:
+        raise ConfigError("MODELS must name at least one model")
+    return {str(name): str(path) for name, path in models.items()}
+
+
+def _parse_thresholds(env: dict) -> dict[str, dict[str, float]]:
+    """MODEL_THRESHOLDS='{"default": {"hate": 0.4}}' overrides the thresholds stored with a model."""
+    raw = env.get("MODEL_THRESHOLDS", "").strip()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+        return {str(m): {str(label): float(t) for label, t in per.items()} for m, per in data.items()}
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"MODEL_THRESHOLDS must be a JSON object of objects of numbers: {exc}") from exc
+
+
+def _read_api_keys(env: dict) -> tuple[str, ...]:
+    keys = _csv(env.get("API_KEYS", ""))
+    keys_file = env.get("API_KEYS_FILE", "").strip()
+    if keys_file:
+        try:
+            lines = Path(keys_file).read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"API_KEYS_FILE {keys_file!r} cannot be read: {exc}") from exc
+        keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_socket_timeout: float = 1.0
+    models: dict[str, str] = field(default_factory=dict)
+    default_model: str = "default"
+    model_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    safe_labels: frozenset[str] = frozenset()
+    worker_models: tuple[str, ...] = ()
+    # API limits
+    max_batch_items: int = 256
+    max_text_chars: int = 20_000
+    max_content_length: int = 1024 * 1024
+    max_wait_seconds: float = 30.0
+    moderations_timeout: float = 30.0
+    max_queue_depth: int = 10_000
+    result_ttl: int = 24 * 3600
+    rate_limiter: str = ""
+    rate_limit_storage_url: str = ""
+    api_keys: tuple[str, ...] = ()
+    trusted_proxies: int = 0
+    # Worker
+    batch_max_texts: int = 32
+    batch_max_tokens: int = 8192
+    batch_max_wait_ms: float = 5.0
+    cache_ttl: int = 3600
+    device: str = ""
+    quantize: str = ""
+    torch_threads: int = 0
+    worker_concurrency: int = 1
+    worker_metrics_port: int = 9101
+    visibility_timeout: int = 300
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.models)
+
+
+def load_settings(environ: dict | None = None) -> Settings:
+    env = dict(os.environ if environ is None else environ)
+    models = _parse_models(env)
+    default_model = env.get("DEFAULT_MODEL", "").strip() or next(iter(models))
+    if default_model not in models:
+        raise ConfigError(f"DEFAULT_MODEL {default_model!r} is not one of MODELS ({', '.join(models)})")
+    worker_models = tuple(_csv(env.get("WORKER_MODELS", ""))) or tuple(models)
+    unknown = [m for m in worker_models if m not in models]
+    if unknown:
+        raise ConfigError(f"WORKER_MODELS names unknown model(s): {', '.join(unknown)}")
+    quantize = env.get("QUANTIZE", "").strip().lower()
+    if quantize not in ("", "int8"):
+        raise ConfigError(f"QUANTIZE must be empty or int8, got {quantize!r}")
+    redis_url = env.get("REDIS_URL", "").strip() or Settings.redis_url
+    return Settings(
+        redis_url=redis_url,
+        broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
+        redis_socket_timeout=_float(env, "REDIS_SOCKET_TIMEOUT", 1.0, 0.05),
+        models=models,
+        default_model=default_model,
+        model_thresholds=_parse_thresholds(env),
+        safe_labels=frozenset(label.lower() for label in _csv(env.get("SAFE_LABELS", DEFAULT_SAFE_LABELS))),
+        worker_models=worker_models,
+        max_batch_items=_int(env, "MAX_BATCH_ITEMS", 256, 1),
+        max_text_chars=_int(env, "MAX_TEXT_CHARS", 20_000, 1),
+        max_content_length=_int(env, "MAX_CONTENT_LENGTH", 1024 * 1024, 1024),
+        max_wait_seconds=_float(env, "MAX_WAIT_SECONDS", 30.0),
+        moderations_timeout=_float(env, "MODERATIONS_TIMEOUT", 30.0, 0.1),
+        max_queue_depth=_int(env, "MAX_QUEUE_DEPTH", 10_000, 1),
+        result_ttl=_int(env, "RESULT_TTL", 24 * 3600, 1),
+        rate_limiter=env.get("RATE_LIMITER", "").strip(),
+        rate_limit_storage_url=env.get("RATE_LIMIT_STORAGE_URL", "").strip(),
+        api_keys=_read_api_keys(env),
+        trusted_proxies=_int(env, "TRUSTED_PROXIES", 0),
+        batch_max_texts=_int(env, "BATCH_MAX_TEXTS", 32, 1),
+        batch_max_tokens=_int(env, "BATCH_MAX_TOKENS", 8192, 16),
+        batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 5.0),
+        cache_ttl=_int(env, "CACHE_TTL", 3600),
+        device=env.get("DEVICE", "").strip().lower(),
+        quantize=quantize,
+        torch_threads=_int(env, "TORCH_THREADS", 0),
+        worker_concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1),
+        worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9101),
+        visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call get_settings.cache_clear() after changing the environment."""
+    return load_settings()

@@ -1,0 +1,188 @@
+"""Job records in Redis: the one place a job's state and results live.
+
+Lifecycle: the API creates a record ("queued") *before* it enqueues the Celery message, so an id
+the API answered for is never unknown; the worker moves it to "running" and then to "succeeded"
+or "failed", and publishes on the job's channel so waiting requests wake up at once.
+Records expire RESULT_TTL seconds after creation (refreshed when they finish).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import redis
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+FINISHED = (SUCCEEDED, FAILED)
+KEY_PREFIX = "moderation:job:"
+
+# One result per input text, in input order. category_scores are floats in [0, 1].
+#   {"flagged": bool, "categories": {label: bool}, "category_scores": {label: float}}
+ModerationResult = dict
+
+# Finishing is one atomic step: it never resurrects an expired record, and a duplicate delivery
+# (a redelivered message whose job already finished) cannot overwrite a finished result.
+_FINISH_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'succeeded' or status == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results', ARGV[3], 'error', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+_START_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+return 1
+"""
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def is_job_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower() and uuid.UUID(value).version == 4
+    except (ValueError, AttributeError):
+        return False
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_key(job_id: str) -> str:
+    return KEY_PREFIX + job_id
+
+
+def done_channel(job_id: str) -> str:
+    return f"{KEY_PREFIX}{job_id}:done"
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    model: str
+    status: str = QUEUED
+    n_texts: int = 0
+    owner: str = ""
+    created_at: str = field(default_factory=utc_now)
+    enqueued_ts: float = field(default_factory=time.time)
+    started_at: str | None = None
+    finished_at: str | None = None
+    results: list[ModerationResult] | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def public(self) -> dict:
+        """The body of GET /jobs/<id>."""
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "model": self.model,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "results": self.results,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_hash(cls, job_id: str, data: dict) -> JobRecord:
+        return cls(
+            job_id=job_id,
+            model=data.get("model", ""),
+            status=data.get("status", QUEUED),
+            n_texts=int(data.get("n_texts") or 0),
+            owner=data.get("owner", ""),
+            created_at=data.get("created_at", ""),
+            enqueued_ts=float(data.get("enqueued_ts") or 0),
+            started_at=data.get("started_at") or None,
+            finished_at=data.get("finished_at") or None,
+            results=json.loads(data["results"]) if data.get("results") else None,
+            error=data.get("error") or None,
+        )
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, ttl_seconds: int):
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._finish = client.register_script(_FINISH_SCRIPT)
+        self._start = client.register_script(_START_SCRIPT)
+
+    def create(self, record: JobRecord) -> None:
+        key = job_key(record.job_id)
+        pipe = self.redis.pipeline()
+        pipe.hset(key, mapping={
+            "model": record.model,
+            "status": record.status,
+            "n_texts": record.n_texts,
+            "owner": record.owner,
+            "created_at": record.created_at,
+            "enqueued_ts": repr(record.enqueued_ts),
+        })
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def delete(self, job_id: str) -> None:
+        self.redis.delete(job_key(job_id))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        data = self.redis.hgetall(job_key(job_id))
+        return JobRecord.from_hash(job_id, data) if data else None
+
+    def states(self, job_ids: list[str]) -> list[tuple[str | None, str | None]]:
+        """(status, enqueued_ts) per job in one round trip; (None, None) for unknown or expired ids."""
+        pipe = self.redis.pipeline()
+        for job_id in job_ids:
+            pipe.hmget(job_key(job_id), ["status", "enqueued_ts"])
+        return [tuple(row) for row in pipe.execute()]
+
+    def mark_running(self, job_ids: list[str]) -> None:
+        now = utc_now()
+        pipe = self.redis.pipeline()
+        for job_id in job_ids:
+            self._start(keys=[job_key(job_id)], args=[now], client=pipe)
+        pipe.execute()
+
+    def finish_many(self, outcomes: list[tuple[str, list[ModerationResult] | None, str | None]]) -> None:
+        """Store (job_id, results, error) outcomes in one round trip; error set means failed."""
+        now = utc_now()
+        pipe = self.redis.pipeline()
+        for job_id, results, error in outcomes:
+            status = FAILED if error else SUCCEEDED
+            payload = json.dumps(results) if results is not None else ""
+            self._finish(keys=[job_key(job_id), done_channel(job_id)],
+                         args=[status, now, payload, error or "", self.ttl], client=pipe)
+        pipe.execute()
+
+    def wait_until_finished(self, job_id: str, timeout: float) -> JobRecord | None:
+        """Return the record as soon as it finishes or after `timeout` seconds (pub/sub, no polling loop)."""
+        record = self.get(job_id)
+        if record is None or record.finished or timeout <= 0:
+            return record
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(done_channel(job_id))
+            # Re-read after subscribing: the job may have finished in between.
+            record = self.get(job_id)
+            deadline = time.monotonic() + timeout
+            while record is not None and not record.finished:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if pubsub.get_message(timeout=min(remaining, 1.0)) is not None:
+                    record = self.get(job_id)
+            return record
+        finally:
+            pubsub.close()

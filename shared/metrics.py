@@ -1,0 +1,42 @@
+"""Every Prometheus metric name the service exports, in one place.
+
+Base units (seconds), counters end in `_total`. The API (api/metrics.py) and the worker
+(worker/metrics.py) create the metric objects from these names; dashboards and alert rules
+(grafana/, prometheus/) are checked against this module by tests/test_deploy_files.py.
+"""
+
+# API
+HTTP_REQUESTS_TOTAL = "moderation_http_requests_total"
+HTTP_REQUEST_DURATION_SECONDS = "moderation_http_request_duration_seconds"
+JOBS_SUBMITTED_TOTAL = "moderation_jobs_submitted_total"
+TEXTS_SUBMITTED_TOTAL = "moderation_texts_submitted_total"
+REQUESTS_REJECTED_TOTAL = "moderation_requests_rejected_total"
+
+# Queue, computed from the broker at scrape time
+QUEUE_DEPTH = "moderation_queue_depth"
+QUEUE_OLDEST_JOB_AGE_SECONDS = "moderation_queue_oldest_job_age_seconds"
+
+# Worker
+QUEUE_WAIT_SECONDS = "moderation_queue_wait_seconds"
+INFERENCE_DURATION_SECONDS = "moderation_inference_duration_seconds"
+BATCH_SIZE = "moderation_batch_size"
+BATCH_TOKENS = "moderation_batch_tokens"
+JOBS_COMPLETED_TOTAL = "moderation_jobs_completed_total"
+TEXTS_PROCESSED_TOTAL = "moderation_texts_processed_total"
+CACHE_HITS_TOTAL = "moderation_cache_hits_total"
+MODEL_LOAD_SECONDS = "moderation_model_load_seconds"
+WORKER_INFO = "moderation_worker_info"
+
+# Reasons for moderation_requests_rejected_total{reason}
+REJECT_RATE_LIMITED = "rate_limited"
+REJECT_QUEUE_FULL = "queue_full"
+REJECT_INVALID = "invalid"
+REJECT_UNAUTHORIZED = "unauthorized"
+REJECT_UNAVAILABLE = "unavailable"
+
+API_METRICS = (HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, JOBS_SUBMITTED_TOTAL,
+               TEXTS_SUBMITTED_TOTAL, REQUESTS_REJECTED_TOTAL, QUEUE_DEPTH, QUEUE_OLDEST_JOB_AGE_SECONDS)
+WORKER_METRICS = (QUEUE_WAIT_SECONDS, INFERENCE_DURATION_SECONDS, BATCH_SIZE, BATCH_TOKENS,
+                  JOBS_COMPLETED_TOTAL, TEXTS_PROCESSED_TOTAL, CACHE_HITS_TOTAL, MODEL_LOAD_SECONDS,
+                  WORKER_INFO)
+ALL_METRICS = API_METRICS + WORKER_METRICS

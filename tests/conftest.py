@@ -1,0 +1,36 @@
+"""Shared fixtures: a private Redis for the session, tiny models built with save_pretrained."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import RedisServer
+from tests.tiny_models import build_tiny_model
+
+MULTI_LABELS = ["hate", "harassment", "violence"]
+SINGLE_LABELS = ["OK", "toxic", "insult"]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    return client
+
+
+@pytest.fixture(scope="session")
+def tiny_multilabel_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-ml"), MULTI_LABELS, multi_label=True,
+                            thresholds={"hate": 0.4})
+
+
+@pytest.fixture(scope="session")
+def tiny_singlelabel_model(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-sl"), SINGLE_LABELS, multi_label=False, seed=1)

@@ -1,0 +1,142 @@
+"""One Celery batch of moderation jobs: from task messages to stored results.
+
+Returns the ids of the requests whose outcome is safely in Redis; worker/tasks.py acknowledges
+exactly those and requeues the rest, so a crash or a Redis error never loses a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from shared.jobs import FINISHED
+from worker import metrics
+from worker.inference import PassStats
+from worker.policy import moderation_result
+from worker.runtime import ServedModel, WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+Outcome = tuple  # (job_id, results | None, error | None)
+
+
+@dataclass
+class Job:
+    request_id: str
+    job_id: str
+    model: str
+    texts: list[str]
+
+
+class MalformedTask(ValueError):
+    def __init__(self, message: str, job_id: str | None):
+        super().__init__(message)
+        self.job_id = job_id
+
+
+def parse_request(request, served_models: dict) -> Job:
+    """Task args are (job_id, model, texts); anything else is failed, not retried forever."""
+    args = tuple(request.args or ())
+    job_id = args[0] if args and isinstance(args[0], str) else None
+    if len(args) != 3 or job_id is None:
+        raise MalformedTask("malformed task message: expected (job_id, model, texts)", job_id)
+    _, model, texts = args
+    if model not in served_models:
+        raise MalformedTask(f"malformed task message: model {model!r} is not served here", job_id)
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise MalformedTask("malformed task message: texts must be a non-empty list of strings", job_id)
+    return Job(request.id, job_id, model, texts)
+
+
+def short_error(exc: BaseException) -> str:
+    """A one-line message for the job record; the traceback goes to the worker log only."""
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"inference failed: {type(exc).__name__}" + (f": {detail}" if detail else "")
+
+
+def _observe_pass(model: str):
+    def observe(stats: PassStats) -> None:
+        metrics.BATCH_SIZE.labels(model).observe(stats.texts)
+        metrics.BATCH_TOKENS.labels(model).observe(stats.padded_tokens)
+        metrics.INFERENCE.labels(model).observe(stats.seconds)
+    return observe
+
+
+def _score_together(served: ServedModel, jobs: list[Job], settings) -> list[Outcome]:
+    """All texts of these jobs in shared forward passes; cached texts skip inference."""
+    unique = list(dict.fromkeys(text for job in jobs for text in job.texts))
+    cached = served.cache.get_many(unique)
+    scores = {text: row for text, row in zip(unique, cached) if row is not None}
+    missing = [text for text in unique if text not in scores]
+    metrics.CACHE_HITS.labels(served.spec.name).inc(len(unique) - len(missing))
+    fresh = served.classifier.score_many(missing, settings.batch_max_texts, settings.batch_max_tokens,
+                                         on_pass=_observe_pass(served.spec.name)) if missing else []
+    served.cache.put_many(missing, fresh)
+    scores.update(zip(missing, fresh))
+    return [(job.job_id, [moderation_result(scores[t], served.spec) for t in job.texts], None)
+            for job in jobs]
+
+
+def score_jobs(served: ServedModel, jobs: list[Job], settings) -> list[Outcome]:
+    """Outcomes for jobs of one model. If the shared pass fails, each job is retried alone,
+    so one text that makes inference raise fails only its own job."""
+    try:
+        return _score_together(served, jobs, settings)
+    except Exception as exc:
+        if len(jobs) == 1:
+            log.exception("job %s failed", jobs[0].job_id)
+            return [(jobs[0].job_id, None, short_error(exc))]
+        log.warning("a pass over %d jobs failed; scoring each job alone", len(jobs), exc_info=True)
+        return [outcome for job in jobs for outcome in score_jobs(served, [job], settings)]
+
+
+def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
+    store, settings = runtime.store, runtime.settings
+    done_request_ids: list[str] = []
+    outcomes: list[Outcome] = []
+    jobs: list[Job] = []
+    for request in requests:
+        try:
+            jobs.append(parse_request(request, runtime.models))
+        except MalformedTask as exc:
+            log.error("request %s: %s", request.id, exc)
+            done_request_ids.append(request.id)
+            if exc.job_id:
+                outcomes.append((exc.job_id, None, str(exc)))
+
+    # Skip jobs that already finished (a redelivered duplicate) or whose record expired.
+    states = store.states([job.job_id for job in jobs])
+    live = []
+    for job, (status, enqueued_ts) in zip(jobs, states):
+        if status is None or status in FINISHED:
+            log.info("job %s is %s; skipping", job.job_id, status or "unknown (expired)")
+            done_request_ids.append(job.request_id)
+        else:
+            live.append(job)
+            metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, time.time() - float(enqueued_ts or 0)))
+    store.mark_running([job.job_id for job in live])
+
+    by_model: dict[str, list[Job]] = defaultdict(list)
+    for job in live:
+        by_model[job.model].append(job)
+    for model, model_jobs in by_model.items():
+        outcomes.extend(score_jobs(runtime.models[model], model_jobs, settings))
+
+    store.finish_many(outcomes)
+    for job in live:
+        done_request_ids.append(job.request_id)
+    _count_outcomes(live, outcomes)
+    return done_request_ids
+
+
+def _count_outcomes(live: list[Job], outcomes: list[Outcome]) -> None:
+    model_of = {job.job_id: job for job in live}
+    for job_id, results, error in outcomes:
+        job = model_of.get(job_id)
+        if job is None:
+            continue
+        metrics.JOBS_COMPLETED.labels(job.model, "failed" if error else "succeeded").inc()
+        if results is not None:
+            metrics.TEXTS_PROCESSED.labels(job.model).inc(len(results))

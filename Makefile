@@ -1,6 +1,6 @@
 # The two commands a new user needs: `make run` and `make test`. Everything else is a step of those.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_DIR := build/moderation-minilm

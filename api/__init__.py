@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     _register_outage_handler(app)
     init_limiter(app, settings)
-    app.register_blueprint(init_metrics(app, client, [spec.queue for spec in specs.values()]))
+    app.register_blueprint(init_metrics(app, client, {name: spec.queue for name, spec in specs.items()}))
     for blueprint in (jobs.bp, moderations.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     return app

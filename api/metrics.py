@@ -13,8 +13,15 @@ import time
 
 import redis
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram,
-                               generate_latest, multiprocess)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -34,7 +41,7 @@ REJECTED = Counter(names.REQUESTS_REJECTED_TOTAL, "Requests refused, by reason."
 
 _REASON_BY_STATUS = {400: names.REJECT_INVALID, 404: None, 413: names.REJECT_INVALID,
                      415: names.REJECT_INVALID, 401: names.REJECT_UNAUTHORIZED,
-                     429: names.REJECT_RATE_LIMITED, 503: names.REJECT_UNAVAILABLE}
+                     429: names.REJECT_RATE_LIMITED}  # 503s count themselves (queue_full, unavailable)
 
 
 class QueueCollector(Collector):
@@ -81,8 +88,15 @@ def count_rejection(reason: str) -> None:
     REJECTED.labels(reason).inc()
 
 
-def init_metrics(app: Flask, client: redis.Redis, queues: list[str]) -> Blueprint:
-    registry = _registry(QueueCollector(client, queues))
+def init_metrics(app: Flask, client: redis.Redis, models: dict[str, str]) -> Blueprint:
+    """`models` maps model names to queue names."""
+    registry = _registry(QueueCollector(client, list(models.values())))
+    # Export every series from the start at 0, so rate() and alerts see the first increment.
+    for reason in names.REJECT_REASONS:
+        REJECTED.labels(reason)
+    for model in models:
+        JOBS_SUBMITTED.labels(model)
+        TEXTS_SUBMITTED.labels(model)
     bp = Blueprint("metrics", __name__)
 
     @bp.get("/metrics")

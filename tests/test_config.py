@@ -1,0 +1,51 @@
+"""Settings from the environment: defaults, model maps, and clear errors for bad values."""
+
+import pytest
+
+from shared.config import BUNDLED_MODEL_PATH, ConfigError, load_settings
+from shared.queues import broker_lists, queue_for_model
+
+
+def test_defaults_serve_the_bundled_model():
+    settings = load_settings({})
+    assert settings.models == {"default": str(BUNDLED_MODEL_PATH)}
+    assert settings.default_model == "default" and settings.worker_models == ("default",)
+    assert (settings.max_batch_items, settings.max_text_chars, settings.max_content_length) == (256, 20_000, 1 << 20)
+    assert settings.result_ttl == 24 * 3600
+
+
+def test_model_path_alone_configures_the_default_model():
+    assert load_settings({"MODEL_PATH": "/m"}).models == {"default": "/m"}
+
+
+def test_models_map_in_both_syntaxes():
+    for raw in ("a=/x, b=/y", '{"a": "/x", "b": "/y"}'):
+        settings = load_settings({"MODELS": raw, "DEFAULT_MODEL": "b", "WORKER_MODELS": "a"})
+        assert settings.models == {"a": "/x", "b": "/y"}
+        assert settings.default_model == "b" and settings.worker_models == ("a",)
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"MAX_BATCH_ITEMS": "many"}, "MAX_BATCH_ITEMS must be an integer"),
+    ({"MAX_BATCH_ITEMS": "0"}, "MAX_BATCH_ITEMS must be >= 1"),
+    ({"MODELS": "a"}, "name=/path"),
+    ({"MODELS": "a=/x", "DEFAULT_MODEL": "b"}, "DEFAULT_MODEL 'b'"),
+    ({"MODELS": "a=/x", "WORKER_MODELS": "z"}, "unknown model"),
+    ({"QUANTIZE": "int4"}, "QUANTIZE"),
+    ({"MODEL_THRESHOLDS": "[1]"}, "MODEL_THRESHOLDS"),
+    ({"API_KEYS_FILE": "/nonexistent/keys"}, "API_KEYS_FILE"),
+])
+def test_bad_values_raise_config_errors(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(env)
+
+
+def test_api_keys_from_env_and_file(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\nfile-key\n\n")
+    assert load_settings({"API_KEYS": "a, b", "API_KEYS_FILE": str(keys)}).api_keys == ("a", "b", "file-key")
+
+
+def test_each_model_has_its_own_queue_and_priority_lists():
+    assert queue_for_model("a") != queue_for_model("b")
+    assert broker_lists("q") == ["q", "q\x06\x163", "q\x06\x166", "q\x06\x169"]

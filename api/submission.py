@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import g
 
 from api.errors import APIError
@@ -12,8 +10,8 @@ from api.metrics import JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection
 from shared import metrics as names
 from shared.jobs import JobRecord, new_job_id
 from shared.model_registry import ModelSpec
-from shared.queue_stats import queue_depth
-from shared.queues import MODERATE_TASK
+from shared.queue_stats import add_queue_depth
+from shared.queues import publish_job
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -31,19 +29,23 @@ def resolve_model(name: str | None) -> ModelSpec:
 def submit_job(texts: list[str], model: str | None) -> JobRecord:
     svc = services()
     spec = resolve_model(model)
-    if queue_depth(svc.redis, spec.queue) >= svc.settings.max_queue_depth:
+    record = JobRecord(job_id=new_job_id(), model=spec.name, queue=spec.queue, texts=texts, n_texts=len(texts),
+                       owner=g.get("owner", ""))
+    # One round trip reads the queue depth and writes the record (the record exists before the message,
+    # so a worker or GET never sees an unknown job); a full queue then deletes the unused record.
+    pipe = svc.redis.pipeline()
+    depth_results = add_queue_depth(pipe, spec.queue)
+    svc.store.create(record, pipe)
+    if sum(pipe.execute()[:depth_results]) >= svc.settings.max_queue_depth:
+        svc.store.delete(record)
         count_rejection(names.REJECT_QUEUE_FULL)
         raise APIError(503, "queue_full", f"the {spec.name} queue holds MAX_QUEUE_DEPTH="
                        f"{svc.settings.max_queue_depth} jobs; retry later",
                        headers={"Retry-After": RETRY_AFTER_SECONDS})
-    record = JobRecord(job_id=new_job_id(), model=spec.name, n_texts=len(texts), owner=g.get("owner", ""))
-    # The record exists before the message, so a worker (or GET) never sees an unknown job.
-    svc.store.create(record)
     try:
-        svc.celery.send_task(MODERATE_TASK, args=[record.job_id, spec.name, texts], queue=spec.queue,
-                             task_id=record.job_id, headers={"enqueued_at": time.time()})
+        publish_job(svc.celery, record.job_id, spec.name, texts, record.enqueued_ts)
     except Exception:
-        svc.store.delete(record.job_id)
+        svc.store.delete(record)
         raise
     JOBS_SUBMITTED.labels(spec.name).inc()
     TEXTS_SUBMITTED.labels(spec.name).inc(len(texts))

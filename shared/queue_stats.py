@@ -17,22 +17,35 @@ from shared.queues import broker_lists
 
 def queue_depth(client: redis.Redis, queue: str) -> int:
     pipe = client.pipeline(transaction=False)
-    for name in broker_lists(queue):
+    count = add_queue_depth(pipe, queue)
+    return sum(pipe.execute()[:count])
+
+
+def add_queue_depth(pipe: redis.client.Pipeline, queue: str) -> int:
+    """Queue the reads of one queue's depth on `pipe` (to share a round trip); returns how many of the
+    pipeline's first results to add up."""
+    names = broker_lists(queue)
+    for name in names:
         pipe.llen(name)
-    return sum(pipe.execute())
+    return len(names)
 
 
-def oldest_job_age(client: redis.Redis, queue: str) -> float:
+def oldest_enqueued_at(client: redis.Redis, queue: str) -> float | None:
+    """`enqueued_at` of the oldest message waiting in the queue; None when it is empty."""
     pipe = client.pipeline(transaction=False)
     for name in broker_lists(queue):
         pipe.lindex(name, -1)
-    now, age = time.time(), 0.0
+    oldest = None
     for raw in pipe.execute():
-        if not raw:
-            continue
         try:
-            enqueued_at = float(json.loads(raw)["headers"]["enqueued_at"])
+            enqueued_at = float(json.loads(raw)["headers"]["enqueued_at"]) if raw else None
         except (ValueError, KeyError, TypeError):
             continue
-        age = max(age, now - enqueued_at)
-    return age
+        if enqueued_at is not None and (oldest is None or enqueued_at < oldest):
+            oldest = enqueued_at
+    return oldest
+
+
+def oldest_job_age(client: redis.Redis, queue: str) -> float:
+    oldest = oldest_enqueued_at(client, queue)
+    return 0.0 if oldest is None else max(0.0, time.time() - oldest)

@@ -19,3 +19,9 @@ def queue_for_model(model: str) -> str:
 def broker_lists(queue: str) -> list[str]:
     """The Redis lists that hold one queue's messages, the plain list first."""
     return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS if step]
+
+
+def publish_job(celery_app, job_id: str, model: str, texts: list[str], enqueued_at: float) -> None:
+    """Send one job's task message. The task id is the job id; `enqueued_at` feeds queue-age metrics."""
+    celery_app.send_task(MODERATE_TASK, args=[job_id, model, texts], queue=queue_for_model(model),
+                         task_id=job_id, headers={"enqueued_at": enqueued_at})

@@ -55,7 +55,7 @@ class RedisServer:
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MODEL", "WORKER_", "RATE_", "API_KEYS", "BATCH_", "CACHE_", "PROMETHEUS_"))}
-    env.update({"REDIS_URL": redis_url, "RATE_LIMITER": "", "LOG_LEVEL": "INFO",
+    env.update({"REDIS_URL": redis_url, "RATE_LIMITER": "off", "LOG_LEVEL": "INFO",
                 "WORKER_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in overrides.items()})
     return env
@@ -118,11 +118,13 @@ def start_worker(env: dict, log_path: Path, models: list[str] | None = None, tim
 
 
 class ApiServer(Proc):
-    def __init__(self, env: dict, log_path: Path, workers: int = 2):
+    """gunicorn with the API's settings; `app` is the WSGI app (the benchmark also serves bench.sync_app)."""
+
+    def __init__(self, env: dict, log_path: Path, workers: int = 2, app: str = "api:create_app()"):
         self.port = free_port()
         env = {**env, "PORT": str(self.port), "HOST": "127.0.0.1", "GUNICORN_WORKERS": str(workers)}
-        super().__init__([sys.executable, "-m", "gunicorn", "--config", "api/gunicorn_conf.py",
-                          "api:create_app()"], env, log_path)
+        super().__init__([sys.executable, "-m", "gunicorn", "--config", "api/gunicorn_conf.py", app],
+                         env, log_path)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 30) -> ApiServer:
@@ -139,8 +141,9 @@ class ApiServer(Proc):
         raise RuntimeError(f"API not up in {timeout}s:\n{self.log_tail()}")
 
 
-def start_api(env: dict, log_path: Path, workers: int = 2) -> ApiServer:
-    return ApiServer(env, log_path, workers).wait_ready()
+def start_api(env: dict, log_path: Path, workers: int = 2, app: str = "api:create_app()",
+              timeout: float = 30) -> ApiServer:
+    return ApiServer(env, log_path, workers, app).wait_ready(timeout)
 
 
 def wait_for_job(api_url: str, job_id: str, timeout: float = 60, headers: dict | None = None) -> dict:
@@ -150,3 +153,15 @@ def wait_for_job(api_url: str, job_id: str, timeout: float = 60, headers: dict |
         body = requests.get(f"{api_url}/jobs/{job_id}", params={"wait": 10}, headers=headers, timeout=15).json()
         if body.get("status") in ("succeeded", "failed") or time.monotonic() > deadline:
             return body
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "a condition"):
+    """Poll predicate() until it returns something truthy (which is returned); fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     from worker.inference import ModelLoadError
     from worker.runtime import load_runtime
     try:
-        load_runtime(settings)
+        runtime = load_runtime(settings)
     except ModelLoadError as exc:
         log.critical("model failed to load, exiting: %s", exc)
         return 3
@@ -46,12 +46,15 @@ def main(argv: list[str]) -> int:
 
     import worker.tasks  # noqa: F401  (registers the task)
     from worker.heartbeat import Heartbeat
+    from worker.redelivery import RedeliverySweeper
 
     hostname = f"moderation-{os.getpid()}@{socket.gethostname()}"
     models = list(settings.worker_models)
-    heartbeat = Heartbeat(make_redis(settings), hostname, models)
-    signals.worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
-    signals.worker_shutting_down.connect(lambda **_: heartbeat.stop(), weak=False)
+    client = make_redis(settings)
+    background = [Heartbeat(client, hostname, models),
+                  RedeliverySweeper(client, runtime.store, celery_app, hostname, models)]
+    signals.worker_ready.connect(lambda **_: [task.start() for task in background], weak=False)
+    signals.worker_shutting_down.connect(lambda **_: [task.stop() for task in background], weak=False)
 
     queues = ",".join(queue_for_model(m) for m in models)
     celery_app.worker_main([

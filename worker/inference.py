@@ -52,11 +52,15 @@ class TextClassifier:
         self.device = pick_device(device)
         if self.device == "cpu":
             torch.set_num_threads(threads or cpu_quota())
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelLoadError(f"cannot load a text-classification model from {path!r}: "
+                                 "the folder has no config.json")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load a text-classification model from {path!r}: {exc}") from exc
+        except Exception as exc:  # transformers raises OSError, ValueError, ImportError, KeyError...
+            detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ModelLoadError(f"cannot load a text-classification model from {path!r}: {detail}") from exc
         model.eval()
         if self.device.startswith("cuda"):
             model = model.half()  # fp16 on GPU: ~2x throughput, scores match fp32 to ~1e-3

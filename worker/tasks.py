@@ -2,9 +2,14 @@
 
 `moderate` is a celery-batches task: the worker buffers incoming messages and calls it with a list
 of up to BATCH_MAX_TEXTS requests, or with what arrived within BATCH_MAX_WAIT_MS of the first.
+While WORKER_CONCURRENCY batches are running, new requests are held back and go into the next batch
+when one returns (as Triton's dynamic batcher does): celery-batches alone would hand the pool a tiny
+batch every BATCH_MAX_WAIT_MS, which queue up behind the busy model one or two texts at a time.
 """
 
 from __future__ import annotations
+
+import threading
 
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
@@ -19,26 +24,51 @@ _settings = get_settings()
 
 
 class AckStoredBatches(Batches):
-    """Batches that acknowledges only requests whose outcome was stored.
+    """Batches that runs at most WORKER_CONCURRENCY batches at once and acknowledges only requests
+    whose outcome was stored.
 
     celery-batches acknowledges every late-ack request when the batch returns, even after an
     exception. Here the task returns the ids it stored; the rest are requeued (or, if Redis is
     down, stay unacknowledged until the visibility timeout brings them back).
     """
 
-    def flush(self, requests):
-        requests = list(requests)
-        payload = ([SimpleRequest.from_request(r) for r in requests],)
+    max_in_flight = _settings.worker_concurrency
 
-        def on_return(stored_ids):
-            stored = set(stored_ids or ())
+    def __init__(self):
+        super().__init__()
+        self._lock = threading.Condition()
+        self._held: list = []
+        self._in_flight = 0
+
+    def flush(self, requests):
+        """Called by celery-batches (count or timer); starts a batch now only if the pool has room."""
+        with self._lock:
+            self._held.extend(requests)
+            self._lock.notify_all()
+            if self._in_flight >= self.max_in_flight or not self._held:
+                return None
+            batch, self._held = self._held, []
+            self._in_flight += 1
+        return self._pool.apply_async(self._run, (batch,))
+
+    def _run(self, requests):
+        stored: set = set()
+        try:
+            stored = set(apply_batches_task(self, ([SimpleRequest.from_request(r) for r in requests],), 0, None)
+                         or ())
+        finally:
             for request in requests:
                 if request.id in stored:
                     request.acknowledge()
                 else:
                     request.reject(requeue=True)
-
-        return self._pool.apply_async(apply_batches_task, (self, payload, 0, None), callback=on_return)
+            with self._lock:
+                # Under load (a backlog is forming), give it up to BATCH_MAX_WAIT_MS to fill the next
+                # batch: clients whose jobs just finished are sending their next ones. Idle: go at once.
+                if self._held:
+                    self._lock.wait_for(lambda: len(self._held) >= self.flush_every, timeout=self.flush_interval)
+                self._in_flight -= 1
+            self.flush([])
 
 
 @celery_app.task(

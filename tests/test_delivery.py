@@ -1,0 +1,305 @@
+"""No accepted job is lost: SIGKILL and SIGTERM of real workers, SIGTERM of gunicorn, poison texts,
+malformed task messages and a model that cannot load.
+
+VISIBILITY_TIMEOUT is 10 s here instead of the default 300 s, so the messages a killed worker held
+come back within seconds instead of five minutes. 10 s still far exceeds what a message waits in the
+tiny model's prefetch buffer plus one batch (milliseconds), so a healthy worker's messages are never
+redelivered early; docs/reliability.md explains the production choice.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from shared.celery_app import make_celery
+from shared.config import load_settings
+from shared.jobs import FINISHED, JobRecord, JobStore
+from shared.queue_stats import queue_depth
+from shared.queues import MODERATE_TASK, queue_for_model
+from tests.conftest import MULTI_LABELS
+from tests.support import Proc, base_env, start_api, start_worker, wait_for_job, wait_until
+from tests.tiny_models import WORDS
+from worker.inference import TextClassifier
+
+MODEL = "tiny"
+QUEUE = queue_for_model(MODEL)
+KILL_JOBS = 500
+UNACKED_HASH = "unacked"  # kombu's Redis transport: delivered, not yet acknowledged messages
+
+
+def distinct_texts(count: int, tag: str) -> list[str]:
+    """Different texts (so the result cache cannot answer them) made of words the tiny model knows."""
+    return [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]} {tag} {i}" for i in range(count)]
+
+
+class Stack:
+    """One API for the module and a replaceable worker (tests kill theirs and start another)."""
+
+    def __init__(self, env: dict, logs, redis_client, model_path):
+        self.env, self.logs, self.redis, self.model_path = env, logs, redis_client, model_path
+        self.store = JobStore(redis_client, 3600)
+        self.celery = make_celery(load_settings(env))  # publishes raw task messages, as the API would
+        self.api = start_api(env, logs / "api.log")
+        self.worker: Proc | None = None
+        self.workers_started = 0
+
+    def worker_log(self):
+        self.workers_started += 1
+        return self.logs / f"worker-{self.workers_started}.log"
+
+    def start_worker(self) -> Proc:
+        self.worker = start_worker(self.env, self.worker_log(), models=[MODEL])
+        return self.worker
+
+    def ensure_worker(self) -> Proc:
+        return self.worker if self.worker is not None and self.worker.alive() else self.start_worker()
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+    def submit(self, texts: list[str]) -> list[str]:
+        """One single-text job per text through POST /generate; returns the job ids in text order."""
+        def post(text):
+            response = requests.post(self.api.url + "/generate", json={"input_text": text}, timeout=30)
+            assert response.status_code == 202, response.text
+            return response.json()["job_id"]
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(post, texts))
+
+    def publish_raw(self, job_id: str, args: list, create_record: bool = True) -> None:
+        """A task message sent straight to the broker, as the API would, bypassing its validation."""
+        if create_record:
+            texts = args[2] if len(args) == 3 and isinstance(args[2], list) else []
+            self.store.create(JobRecord(job_id=job_id, model=MODEL, queue=QUEUE, texts=texts, n_texts=1))
+        self.celery.send_task(MODERATE_TASK, args=args, queue=QUEUE, task_id=job_id,
+                         headers={"enqueued_at": time.time()})
+
+    def statuses(self, job_ids: list[str]) -> list[str | None]:
+        return [status for status, _ in self.store.states(job_ids)]
+
+    def count_finished(self, job_ids: list[str]) -> int:
+        return sum(status in FINISHED for status in self.statuses(job_ids))
+
+    def worker_in_the_middle(self, job_ids: list[str], at_least: int) -> Proc:
+        """A new worker on a backlog of queued jobs, returned once it has finished `at_least` of them."""
+        proc = Proc([sys.executable, "-m", "worker"], self.env, self.worker_log())
+        try:
+            wait_until(lambda: self.count_finished(job_ids) >= at_least or not proc.alive(), timeout=120,
+                       interval=0.02, what="the worker to finish its first jobs")
+        except AssertionError:
+            proc.stop()
+            raise
+        assert proc.alive(), proc.log_tail()
+        return proc
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, tiny_multilabel_model, tmp_path_factory):
+    client = redis_server.client()
+    client.flushall()
+    logs = tmp_path_factory.mktemp("delivery-logs")
+    # BATCH_MAX_WAIT_MS=200: jobs published together share one batch (the poison-text test needs that).
+    env = base_env(redis_server.url, MODELS=f"{MODEL}={tiny_multilabel_model}", DEFAULT_MODEL=MODEL,
+                   VISIBILITY_TIMEOUT="10", BATCH_MAX_WAIT_MS="200")
+    stack = Stack(env, logs, client, tiny_multilabel_model)
+    yield stack
+    stack.stop_worker()
+    stack.api.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(stack):
+    return TextClassifier(str(stack.model_path), device="cpu", threads=1)
+
+
+def assert_scores_match(job: dict, text: str, reference: TextClassifier) -> None:
+    assert job["status"] == "succeeded" and job["error"] is None, job
+    [result] = job["results"]
+    expected = reference.scores([text])[0]
+    assert list(result["category_scores"]) == MULTI_LABELS
+    for label, score in zip(MULTI_LABELS, expected):
+        assert math.isclose(result["category_scores"][label], score, abs_tol=1e-4), (text, label)
+
+
+def test_a_model_that_fails_to_load_exits_nonzero_and_readyz_stays_503(stack, tmp_path):
+    stack.stop_worker()
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    proc = Proc([sys.executable, "-m", "worker"], {**stack.env, "MODELS": f"{MODEL}={empty}"},
+                stack.logs / "worker-bad-model.log")
+    try:
+        while proc.alive():
+            assert requests.get(stack.api.url + "/readyz", timeout=5).status_code == 503
+            time.sleep(0.2)
+        code = proc.process.wait(120)
+    finally:
+        proc.stop()
+    assert code not in (0, None)
+    assert f"model failed to load, exiting: cannot load a text-classification model from '{empty}'" \
+        in proc.log_tail(), proc.log_tail()
+    ready = requests.get(stack.api.url + "/readyz", timeout=5)
+    assert ready.status_code == 503 and "no live worker" in ready.json()["error"]["message"]
+
+
+def test_sigkill_mid_batch_loses_no_job_and_results_match_a_clean_run(stack, reference):
+    stack.stop_worker()
+    texts = distinct_texts(KILL_JOBS, "kill")
+    job_ids = stack.submit(texts)  # all queued: no worker runs yet
+    assert queue_depth(stack.redis, QUEUE) == KILL_JOBS
+
+    # Start a worker and SIGKILL its whole process tree once some, but not all, jobs are done.
+    doomed = stack.worker_in_the_middle(job_ids, at_least=40)
+    try:
+        doomed.signal_group(signal.SIGKILL)
+        killed_at = time.monotonic()
+        doomed.process.wait(10)
+    finally:
+        doomed.stop()
+    finished_at_kill = stack.count_finished(job_ids)
+    in_flight_at_kill = stack.redis.hlen(UNACKED_HASH)
+    assert finished_at_kill < KILL_JOBS, "the worker finished everything before the kill; nothing was tested"
+    assert in_flight_at_kill > 0, "the killed worker held no unacknowledged message"
+
+    stack.start_worker()
+    ready_after = time.monotonic() - killed_at
+    wait_until(lambda: stack.count_finished(job_ids) == KILL_JOBS, timeout=120, interval=0.2,
+               what="every job to finish after the restart (a job left 'queued' with its message in neither the "
+                    "queue nor the 'unacked' hash was lost between BRPOP and kombu's unacked bookkeeping: "
+                    "see 'Known gap' in docs/reliability.md)")
+    redelivery_seconds = time.monotonic() - killed_at
+    print(f"\n[delivery] SIGKILL test: {KILL_JOBS} jobs, {finished_at_kill} finished before the kill, "
+          f"{in_flight_at_kill} unacknowledged in the killed worker; new worker ready {ready_after:.1f}s "
+          f"after SIGKILL; all {KILL_JOBS} succeeded {redelivery_seconds:.1f}s after SIGKILL "
+          f"(VISIBILITY_TIMEOUT=10)")
+
+    for job_id, text in zip(job_ids, texts):
+        record = stack.store.get(job_id)
+        assert_scores_match(record.public(), text, reference)
+    assert queue_depth(stack.redis, QUEUE) == 0
+    wait_until(lambda: stack.redis.hlen(UNACKED_HASH) == 0, timeout=30, what="no unacknowledged message left")
+
+
+def test_one_text_that_breaks_inference_fails_only_its_own_job(stack, reference):
+    worker = stack.ensure_worker()
+    texts = distinct_texts(4, "poison")
+    good = [str(uuid.uuid4()) for _ in texts]
+    poison = str(uuid.uuid4())
+    # The API rejects lone surrogates, so the message goes straight to the broker; the tokenizer raises on it.
+    for job_id, text in zip(good[:2], texts[:2]):
+        stack.publish_raw(job_id, [job_id, MODEL, [text]])
+    stack.publish_raw(poison, [poison, MODEL, ["fine words \ud800 then more"]])
+    for job_id, text in zip(good[2:], texts[2:]):
+        stack.publish_raw(job_id, [job_id, MODEL, [text]])
+
+    failed = wait_for_job(stack.api.url, poison)
+    assert failed["status"] == "failed" and failed["results"] is None
+    assert failed["error"].startswith("inference failed: ")
+    assert "Traceback" not in failed["error"] and "\n" not in failed["error"] and len(failed["error"]) <= 250
+    for job_id, text in zip(good, texts):
+        assert_scores_match(wait_for_job(stack.api.url, job_id), text, reference)
+    assert "scoring each job alone" in worker.log_tail(100_000)  # they really shared a batch
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["JOB", MODEL], "expected (job_id, model, texts)"),
+    (["JOB", MODEL, "not a list"], "texts must be a non-empty list of strings"),
+    (["JOB", MODEL, []], "texts must be a non-empty list of strings"),
+    (["JOB", "no-such-model", ["hello"]], "model 'no-such-model' is not served here"),
+])
+def test_a_malformed_task_is_failed_once_not_retried(stack, args, reason):
+    worker = stack.ensure_worker()
+    job_id = str(uuid.uuid4())
+    stack.publish_raw(job_id, [job_id if a == "JOB" else a for a in args])
+    job = wait_for_job(stack.api.url, job_id)
+    assert job["status"] == "failed" and job["error"] == f"malformed task message: {reason}"
+    time.sleep(1.5)  # a message that was requeued would show up again within this time
+    assert queue_depth(stack.redis, QUEUE) == 0 and stack.redis.hlen(UNACKED_HASH) == 0
+    assert worker.log_tail(1_000_000).count(f"request {job_id}: malformed") == 1
+    assert worker.alive()
+
+
+def test_a_malformed_task_without_a_job_id_is_dropped_and_the_worker_serves_on(stack, reference):
+    worker = stack.ensure_worker()
+    task_id = str(uuid.uuid4())
+    stack.publish_raw(task_id, [], create_record=False)
+    wait_until(lambda: f"request {task_id}: malformed" in worker.log_tail(1_000_000), timeout=30,
+               what="the worker to reject the message")
+    time.sleep(1.5)
+    assert queue_depth(stack.redis, QUEUE) == 0 and stack.redis.hlen(UNACKED_HASH) == 0
+    assert worker.alive()
+    [job_id] = stack.submit(["the weather is nice today"])
+    assert_scores_match(wait_for_job(stack.api.url, job_id), "the weather is nice today", reference)
+
+
+def test_sigterm_to_a_busy_worker_finishes_its_batch_exits_0_and_loses_nothing(stack, reference):
+    stack.stop_worker()
+    texts = distinct_texts(300, "term")
+    job_ids = [str(uuid.uuid4()) for _ in texts]
+    for job_id, text in zip(job_ids, texts):
+        stack.publish_raw(job_id, [job_id, MODEL, [text]])
+    worker = stack.worker_in_the_middle(job_ids, at_least=1)
+    try:
+        worker.process.send_signal(signal.SIGTERM)  # to the process only, as `docker stop` does
+        assert worker.process.wait(60) == 0, worker.log_tail()
+    finally:
+        worker.stop()
+    assert "Restoring" in worker.log_tail()  # kombu put the prefetched, unstarted messages back
+
+    statuses = stack.statuses(job_ids)
+    # Nothing half-done: the batch in hand finished; what was only prefetched went back to the queue.
+    assert set(statuses) <= {"succeeded", "queued"}, set(statuses)
+    assert statuses.count("queued") == queue_depth(stack.redis, QUEUE) > 0
+    assert stack.redis.hlen(UNACKED_HASH) == 0
+
+    stack.start_worker()
+    wait_until(lambda: stack.count_finished(job_ids) == len(job_ids), timeout=90, interval=0.2,
+               what="the requeued jobs to finish")
+    for job_id, text in zip(job_ids, texts):
+        assert_scores_match(stack.store.get(job_id).public(), text, reference)
+
+
+def test_sigterm_to_gunicorn_drains_an_in_flight_request_and_exits_0(stack):
+    api = start_api(stack.env, stack.logs / "api-sigterm.log")
+    record = JobRecord(job_id=str(uuid.uuid4()), model=MODEL)  # never enqueued: the wait runs its full 3 s
+    stack.store.create(record)
+    answer = {}
+
+    def long_poll():
+        started = time.monotonic()
+        answer["response"] = requests.get(f"{api.url}/jobs/{record.job_id}", params={"wait": 3}, timeout=30)
+        answer["seconds"] = time.monotonic() - started
+
+    client = threading.Thread(target=long_poll)
+    client.start()
+    time.sleep(1)  # the request is in flight, parked in its wait
+    api.process.send_signal(signal.SIGTERM)  # to the master only, as `docker stop` does
+    client.join(30)
+    try:
+        assert api.process.wait(40) == 0, api.log_tail()
+    finally:
+        api.stop()
+    response = answer["response"]
+    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert answer["seconds"] >= 2.5
+
+
+def test_a_job_whose_message_vanished_is_published_again_and_succeeds(stack, reference):
+    """What a worker SIGKILLed between kombu's BRPOP and its unacked write leaves: a record, no message."""
+    worker = stack.ensure_worker()
+    text = "the weather is nice today lost message"
+    record = JobRecord(job_id=str(uuid.uuid4()), model=MODEL, queue=QUEUE, texts=[text], n_texts=1,
+                       enqueued_ts=time.time() - 60)
+    stack.store.create(record)
+    assert_scores_match(wait_for_job(stack.api.url, record.job_id, timeout=60), text, reference)
+    assert "published 1 job(s) again whose message was lost" in worker.log_tail(1_000_000)

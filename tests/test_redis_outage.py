@@ -1,0 +1,120 @@
+"""Redis outages and a full queue, against a private Redis these tests stop, freeze and start again.
+
+While Redis is unreachable the API answers 503 + Retry-After fast (short socket timeouts, no retry
+back-off), /readyz says why and /healthz stays 200; when Redis is back, the same API and worker
+processes carry on. Past MAX_QUEUE_DEPTH, POST /generate answers 503 queue_full.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from shared.queue_stats import queue_depth
+from shared.queues import queue_for_model
+from tests.support import RedisServer, base_env, start_api, start_worker, wait_for_job, wait_until
+
+FAST_ANSWER_SECONDS = 3  # "about a second" (REDIS_SOCKET_TIMEOUT=1), with room for a loaded machine
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_multilabel_model, tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("outage-redis")).start()
+    logs = tmp_path_factory.mktemp("outage-logs")
+    # "idle" has a queue but no worker, so its jobs pile up against MAX_QUEUE_DEPTH.
+    env = base_env(server.url, MODELS=f"tiny={tiny_multilabel_model},idle={tiny_multilabel_model}",
+                   DEFAULT_MODEL="tiny", WORKER_MODELS="tiny", MAX_QUEUE_DEPTH="5")
+    api = start_api(env, logs / "api.log")
+    worker = start_worker(env, logs / "worker.log", models=["tiny"])
+    yield SimpleNamespace(redis=server, api=api, url=api.url, worker=worker)
+    worker.stop()
+    api.stop()
+    server.stop()
+
+
+def submit(url: str, text: str, model: str = "tiny") -> requests.Response:
+    return requests.post(url + "/generate", json={"input_text": text, "model": model}, timeout=30)
+
+
+def timed(method: str, url: str, **kwargs) -> tuple[requests.Response, float]:
+    started = time.monotonic()
+    response = requests.request(method, url, timeout=30, **kwargs)
+    return response, time.monotonic() - started
+
+
+def assert_unavailable_fast(stack, job_id: str) -> None:
+    for method, path, kwargs in [("POST", "/generate", {"json": {"input_text": "hello"}}),
+                                 ("GET", f"/jobs/{job_id}", {}),
+                                 ("GET", f"/jobs/{job_id}", {"params": {"wait": 5}})]:
+        response, seconds = timed(method, stack.url + path, **kwargs)
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["error"]["code"] == "unavailable" and response.headers["Retry-After"] == "1"
+        assert seconds < FAST_ANSWER_SECONDS, (path, seconds)
+    ready, seconds = timed("GET", stack.url + "/readyz")
+    assert ready.status_code == 503 and seconds < FAST_ANSWER_SECONDS
+    assert ready.json()["error"]["message"].startswith("Redis is unreachable")
+    assert requests.get(stack.url + "/healthz", timeout=5).status_code == 200
+
+
+def assert_recovered(stack, worker_pid: int) -> None:
+    """The same processes serve again: a new job is accepted and finishes."""
+    wait_until(lambda: requests.get(stack.url + "/readyz", timeout=5).status_code == 200, timeout=60,
+               what="/readyz to recover")
+    response = submit(stack.url, "great food from mexico")
+    assert response.status_code == 202, response.text
+    job = wait_for_job(stack.url, response.json()["job_id"], timeout=90)
+    assert job["status"] == "succeeded", job
+    assert stack.worker.alive() and stack.worker.process.pid == worker_pid and stack.api.alive()
+
+
+def finished_job(stack) -> str:
+    response = submit(stack.url, "i love my new puppy")
+    assert response.status_code == 202
+    assert wait_for_job(stack.url, response.json()["job_id"])["status"] == "succeeded"
+    return response.json()["job_id"]
+
+
+def test_redis_stopped_answers_503_fast_and_recovers_without_restarts(stack):
+    job_id = finished_job(stack)
+    worker_pid = stack.worker.process.pid
+    stack.redis.stop()
+    try:
+        assert_unavailable_fast(stack, job_id)
+    finally:
+        stack.redis.start()
+    assert_recovered(stack, worker_pid)
+    assert requests.get(f"{stack.url}/jobs/{job_id}", timeout=5).json()["status"] == "succeeded"
+
+
+def test_a_hung_redis_times_out_into_503_and_recovers(stack):
+    """SIGSTOP: connections open but nothing answers, as with a network partition."""
+    job_id = finished_job(stack)
+    worker_pid = stack.worker.process.pid
+    os.kill(stack.redis.process.pid, signal.SIGSTOP)
+    try:
+        assert_unavailable_fast(stack, job_id)
+    finally:
+        os.kill(stack.redis.process.pid, signal.SIGCONT)
+    assert_recovered(stack, worker_pid)
+
+
+def test_past_max_queue_depth_generate_answers_503_queue_full(stack):
+    client = stack.redis.client()
+    accepted = [submit(stack.url, f"queued text {i}", model="idle") for i in range(5)]
+    assert [r.status_code for r in accepted] == [202] * 5
+    sixth = submit(stack.url, "one too many", model="idle")
+    assert sixth.status_code == 503 and sixth.headers["Retry-After"] == "1"
+    assert sixth.json()["error"]["code"] == "queue_full"
+    assert queue_depth(client, queue_for_model("idle")) == 5
+    for response in accepted:
+        job = requests.get(f"{stack.url}/jobs/{response.json()['job_id']}", timeout=5).json()
+        assert job["status"] == "queued"
+    # The limit is per model queue: a model whose worker drains its queue still accepts jobs.
+    served = submit(stack.url, "the weather is nice today")
+    assert served.status_code == 202
+    assert wait_for_job(stack.url, served.json()["job_id"])["status"] == "succeeded"

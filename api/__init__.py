@@ -7,6 +7,7 @@ api/submission.py (record + Celery message) -> worker/ -> shared/jobs.py (record
 from __future__ import annotations
 
 import logging
+import os
 
 import kombu.exceptions
 import redis
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    # Library warnings (e.g. flask-limiter falling back to memory) reach stderr under gunicorn too;
+    # a no-op when logging is already configured (tests, embedding apps).
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     settings = settings or get_settings()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
@@ -45,7 +50,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         store=JobStore(client, settings.result_ttl),
         celery=make_celery(settings),
         models=specs,
-        schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds),
+        schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds,
+                              tuple(specs)),
     )
     register_error_handlers(app)
     _register_outage_handler(app)

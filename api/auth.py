@@ -25,18 +25,30 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def require_api_key() -> None:
-    """before_request hook for job blueprints: sets g.owner ("" when keys are off)."""
-    keys = services().settings.api_keys
-    g.owner = ""
-    if not keys:
-        return
-    presented = _presented_key()
+def _is_configured_key(presented: str, keys: tuple[str, ...]) -> bool:
     # Compare against every key so timing does not reveal which one (or whether any) matched.
     matched = False
     for key in keys:
-        matched |= presented is not None and hmac.compare_digest(presented.encode(), key.encode())
-    if not matched:
+        matched |= hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), key.encode())
+    return matched
+
+
+def authenticated_fingerprint() -> str | None:
+    """The fingerprint of the request's key if it is a configured one; None otherwise."""
+    keys = services().settings.api_keys
+    presented = _presented_key()
+    if not keys or presented is None or not _is_configured_key(presented, keys):
+        return None
+    return key_fingerprint(presented)
+
+
+def require_api_key() -> None:
+    """before_request hook for job blueprints: sets g.owner ("" when keys are off)."""
+    g.owner = ""
+    if not services().settings.api_keys:
+        return
+    owner = authenticated_fingerprint()
+    if owner is None:
         raise APIError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)",
                        headers={"WWW-Authenticate": "Bearer"})
-    g.owner = key_fingerprint(presented)
+    g.owner = owner

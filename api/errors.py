@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,21 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return response
 
 
+# Codes clients branch on; other HTTP errors get their status name ("not_found", "method_not_allowed").
+_CODES = {429: "rate_limited"}
+
+
 def _http_code(exc: HTTPException) -> str:
-    return (exc.name or "error").lower().replace(" ", "_")
+    return _CODES.get(exc.code or 500) or (exc.name or "error").lower().replace(" ", "_")
+
+
+def _http_message(exc: HTTPException) -> str:
+    if exc.code == 429:
+        return f"rate limit exceeded ({exc.description}); retry after the Retry-After header's seconds"
+    if exc.code == 413:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return f"request body is larger than MAX_CONTENT_LENGTH ({limit} bytes)"
+    return exc.description or exc.name
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -38,7 +51,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException):
-        response = error_response(exc.code or 500, _http_code(exc), exc.description or exc.name)
+        response = error_response(exc.code or 500, _http_code(exc), _http_message(exc))
         # Keep headers the exception carries (Allow on 405, Retry-After on 429, ...).
         for name, value in exc.get_headers():
             if name.lower() != "content-type":

@@ -27,13 +27,15 @@ _ERRORS = {"400": _response("Invalid request"), "401": _response("Missing or inv
            "429": _response("Rate limited"), "503": _response("Redis or queue unavailable")}
 
 
-def build_openapi(request_schemas: s.RequestSchemas) -> dict:
+def build_openapi(request_schemas: s.RequestSchemas, auth_required: bool = False) -> dict:
     models = [(m, "validation") for m in (request_schemas.generate, request_schemas.moderations)]
     models += [(m, "serialization") for m in (s.JobAccepted, s.Job, s.ModerationResponse, s.ErrorBody)]
     _, defs = models_json_schema(models, ref_template=_REF)
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
     wait = {"name": "wait", "in": "query", "required": False,
-            "schema": {"type": "number", "minimum": 0, "maximum": 30}}
+            "schema": {"type": "number", "minimum": 0, "maximum": request_schemas.max_wait}}
+    # With API_KEYS on, the job operations need a Bearer key (health, metrics and this document do not).
+    security = {"security": [{"bearer": []}]} if auth_required else {}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Text moderation service", "version": __version__},
@@ -41,19 +43,19 @@ def build_openapi(request_schemas: s.RequestSchemas) -> dict:
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/generate": {"post": {
-                "summary": "Queue texts for moderation",
+                "summary": "Queue texts for moderation", **security,
                 "requestBody": {"required": True, "content": _json("GenerateRequest")},
                 "responses": {"202": _response("Queued", "JobAccepted"),
                               "200": _response("Finished within `wait`", "Job"), **_ERRORS},
             }},
             "/jobs/{job_id}": {"get": {
-                "summary": "A job's state and results",
+                "summary": "A job's state and results", **security,
                 "parameters": [job_id, wait],
                 "responses": {"200": _response("The job", "Job"), "404": _response("Unknown or expired"),
                               **_ERRORS},
             }},
             "/v1/moderations": {"post": {
-                "summary": "OpenAI-compatible moderation (waits for the job)",
+                "summary": "OpenAI-compatible moderation (waits for the job)", **security,
                 "requestBody": {"required": True, "content": _json("ModerationsRequest")},
                 "responses": {"200": _response("Results", "ModerationResponse"),
                               "504": _response("Not finished in time; poll /jobs/{id}"), **_ERRORS},
@@ -68,4 +70,5 @@ def build_openapi(request_schemas: s.RequestSchemas) -> dict:
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(build_openapi(services().schemas))
+    svc = services()
+    return jsonify(build_openapi(svc.schemas, auth_required=bool(svc.settings.api_keys)))

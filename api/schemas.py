@@ -5,14 +5,27 @@ Limits come from Settings, so the models are built per app by `build_schemas(set
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
+def _blank_class() -> str:
+    """A regex class of every whitespace character (str.isspace; none lies above U+3000), spelled with
+    \\uXXXX escapes so Python and ECMA-262 (the OpenAPI pattern dialect) read it the same way; `\\s`
+    differs between the two (U+001C..U+001F, U+0085)."""
+    return "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).isspace())
+
+
+# A text must hold at least one non-whitespace character: checked here and published as the pattern.
+NOT_BLANK = f"[^{_blank_class()}]"
+_NOT_BLANK_RE = re.compile(NOT_BLANK)
+
+
 def _valid_text(text: str) -> str:
-    if not text.strip():
+    if not _NOT_BLANK_RE.search(text):
         raise ValueError("text must not be empty or only whitespace")
     try:
         text.encode("utf-8")
@@ -65,19 +78,29 @@ class ErrorBody(BaseModel):
 class RequestSchemas:
     generate: type[BaseModel]
     moderations: type[BaseModel]
+    max_wait: float
 
 
-def build_schemas(max_items: int, max_chars: int, max_wait: float) -> RequestSchemas:
-    Text = Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(_valid_text)]
+def build_schemas(max_items: int, max_chars: int, max_wait: float,
+                  model_names: tuple[str, ...] = ()) -> RequestSchemas:
+    Text = Annotated[str, Field(min_length=1, max_length=max_chars, json_schema_extra={"pattern": NOT_BLANK}),
+                     AfterValidator(_valid_text)]
     Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items)]
+    # Unknown names are refused by api.submission.resolve_model (listing the configured ones); the enum
+    # only tells clients and fuzzers which names exist.
+    Model = Annotated[str, Field(min_length=1, max_length=200,
+                                 json_schema_extra={"enum": list(model_names)} if model_names else None)]
     strict = ConfigDict(extra="forbid", strict=True)
+    # "Exactly one of input_text or inputs", as JSON Schema: exactly one branch holds a non-null value.
+    one_form = {"oneOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                          for name in ("input_text", "inputs")]}
 
     class GenerateRequest(BaseModel):
         """Exactly one of input_text (one text) or inputs (several)."""
-        model_config = strict
+        model_config = ConfigDict(**strict, json_schema_extra=one_form)
         input_text: Text | None = None
         inputs: Texts | None = None
-        model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+        model: Model | None = None
         wait: Annotated[float, Field(ge=0, le=max_wait)] | None = None
 
         @model_validator(mode="after")
@@ -93,9 +116,9 @@ def build_schemas(max_items: int, max_chars: int, max_wait: float) -> RequestSch
         """OpenAI-compatible: input is one text or a list of texts."""
         model_config = strict
         input: Text | Texts
-        model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+        model: Model | None = None
 
         def texts(self) -> list[str]:
             return [self.input] if isinstance(self.input, str) else list(self.input)
 
-    return RequestSchemas(GenerateRequest, ModerationsRequest)
+    return RequestSchemas(GenerateRequest, ModerationsRequest, max_wait)

@@ -94,7 +94,8 @@ def test_prometheus_sees_jobs_and_a_queue_that_rose_and_fell(observed_stack):
     prom.wait_for('up{job="api"}', lambda v: v == 1)
     # No worker yet: the queue can only grow.
     for i in range(JOBS):
-        assert requests.post(api.url + "/generate", json={"input_text": f"text number {i}"}, timeout=10).status_code == 202
+        response = requests.post(api.url + "/generate", json={"input_text": f"text number {i}"}, timeout=10)
+        assert response.status_code == 202
     prom.wait_for(f'{names.QUEUE_DEPTH}{{queue="moderation.default"}}', lambda v: v == JOBS)
     prom.wait_for(f"sum({names.JOBS_SUBMITTED_TOTAL})", lambda v: v == JOBS)
 

@@ -1,0 +1,153 @@
+"""Unit level: request validation, the OpenAPI document agreeing with it, and the security settings.
+
+The app runs in-process (Flask test client) against the session's private Redis; the live-server
+versions of these checks are in test_input_hardening.py, test_security.py and test_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import jsonschema_rs  # schemathesis's own validator (Rust regex, close to the ECMA dialect)
+import pytest
+
+import api
+from api.limits import parse_limits
+from api.openapi import build_openapi
+from api.schemas import NOT_BLANK, build_schemas
+from api.validation import _field_path
+from shared.config import DEFAULT_RATE_LIMITER, ConfigError, load_settings
+
+SCHEMAS = build_schemas(max_items=3, max_chars=10, max_wait=5, model_names=("tiny",))
+
+
+@pytest.fixture
+def client(redis_client, redis_server, tiny_multilabel_model):
+    """An in-process app on the private Redis (flushed), built from an environment like the real one."""
+    def make(**env):
+        settings = load_settings({"REDIS_URL": redis_server.url, "MODELS": f"tiny={tiny_multilabel_model}",
+                                  "RATE_LIMITER": "off", **env})
+        return api.create_app(settings).test_client()
+    return make
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, expected", [
+    (None, DEFAULT_RATE_LIMITER), ("", DEFAULT_RATE_LIMITER), ("  ", DEFAULT_RATE_LIMITER),
+    ("off", ""), ("OFF", ""), ("10/second;100/minute", "10/second;100/minute"),
+])
+def test_rate_limiter_setting(raw, expected):
+    env = {} if raw is None else {"RATE_LIMITER": raw}
+    assert load_settings(env).rate_limiter == expected
+
+
+def test_default_rate_limit_is_valid_flask_limiter_syntax():
+    assert parse_limits(DEFAULT_RATE_LIMITER) == [DEFAULT_RATE_LIMITER]
+    assert parse_limits(" 60/minute; 1000/hour ;") == ["60/minute", "1000/hour"]
+
+
+@pytest.mark.parametrize("raw", ["lots", "5 per fortnight", "60/minute;oops"])
+def test_malformed_rate_limiter_fails_at_start_up(client, raw):
+    with pytest.raises(ConfigError, match="RATE_LIMITER"):
+        client(RATE_LIMITER=raw)
+
+
+@pytest.mark.parametrize("raw, error", [("one", "must be an integer"), ("-1", "must be >= 0")])
+def test_trusted_proxies_must_be_a_hop_count(raw, error):
+    with pytest.raises(ConfigError, match=f"TRUSTED_PROXIES {error}"):
+        load_settings({"TRUSTED_PROXIES": raw})
+
+
+def test_api_keys_file_skips_comments_and_blank_lines(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# ops keys\n  spaced-key  \n\n#disabled-key\nlast-key")
+    assert load_settings({"API_KEYS_FILE": str(keys)}).api_keys == ("spaced-key", "last-key")
+    assert load_settings({"API_KEYS": " , ,"}).api_keys == ()
+
+
+# --- in-process app: keys, limits, error bodies ------------------------------------------------------
+
+def test_bearer_key_checks(client):
+    app = client(API_KEYS="k1,k2")
+    assert app.post("/generate", json={"input_text": "hi"}).status_code == 401
+    assert app.post("/generate", json={"input_text": "hi"}, headers={"Authorization": "bearer k2"}).status_code == 202
+    assert app.post("/generate", json={"input_text": "hi"}, headers={"Authorization": "Bearer k1 "}).status_code == 202
+    for header in ("Bearer k", "Bearer k1k2", "Bearer k1,k2", "Token k1", "k1"):
+        response = app.post("/generate", json={"input_text": "hi"}, headers={"Authorization": header})
+        assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized", header
+
+
+def test_429_body_and_headers_in_process(client):
+    app = client(RATE_LIMITER="2/minute", RATE_LIMIT_STORAGE_URL="memory://")
+    assert [app.get("/models").status_code for _ in range(2)] == [200, 200]
+    limited = app.get("/models")
+    assert limited.status_code == 429
+    assert limited.json["error"]["code"] == "rate_limited" and "2 per 1 minute" in limited.json["error"]["message"]
+    expected_headers = {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"}
+    assert expected_headers <= set(limited.headers.keys())
+    assert all(app.get(path).status_code != 429 for path in ("/healthz", "/metrics", "/openapi.json") * 3)
+
+
+def test_413_names_the_limit(client):
+    response = client(MAX_CONTENT_LENGTH="2048").post("/generate", data=b"x" * 4096,
+                                                      content_type="application/json")
+    assert response.status_code == 413 and "2048" in response.json["error"]["message"]
+
+
+# --- validation messages -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loc, path", [
+    (("inputs", 3), "inputs[3]"), (("input", "list[constrained-str]", 1), "input[1]"),
+    (("input", "constrained-str"), "input"), ((), "body"), (("wait",), "wait"),
+])
+def test_field_paths_name_the_field(loc, path):
+    assert _field_path(loc) == path
+
+
+def test_not_blank_pattern_matches_str_isspace_exactly():
+    import re
+    for code in range(0x3100):
+        char = chr(code)
+        assert (re.fullmatch(NOT_BLANK, char) is None) == char.isspace(), hex(code)
+
+
+# --- the document and the validators agree -------------------------------------------------------------
+
+BODIES = [
+    {"input_text": "hi"}, {"inputs": ["a", "b"]}, {"input_text": "hi", "inputs": None},
+    {"input_text": None, "inputs": ["a"]}, {}, {"input_text": "a", "inputs": ["b"]}, {"input_text": None},
+    {"input_text": ""}, {"input_text": " \u3000"}, {"input_text": "x" * 11}, {"inputs": []},
+    {"inputs": ["a"] * 4}, {"inputs": [1]}, {"input_text": "hi", "extra": 1}, {"input_text": "hi", "wait": 5},
+    {"input_text": "hi", "wait": 5.5}, {"input_text": "hi", "wait": -0.1}, {"input_text": "hi", "model": "tiny"},
+    {"input_text": "hi", "wait": "1"}, {"input_text": 3},
+]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=[str(b)[:40] for b in BODIES])
+def test_generate_schema_in_openapi_accepts_exactly_what_the_api_accepts(body):
+    document = build_openapi(SCHEMAS)
+    schema = _inline_refs(document["components"]["schemas"]["GenerateRequest"], document["components"]["schemas"])
+    documented_ok = jsonschema_rs.Draft202012Validator(schema).is_valid(body)
+    try:
+        SCHEMAS.generate.model_validate(body)
+        api_ok = True
+    except ValueError:
+        api_ok = False
+    assert documented_ok == api_ok
+
+
+def _inline_refs(node, defs):
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_refs(defs[node["$ref"].rsplit("/", 1)[1]], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
+def test_openapi_limits_follow_settings_and_auth():
+    document = build_openapi(SCHEMAS, auth_required=True)
+    wait = next(p for p in document["paths"]["/jobs/{job_id}"]["get"]["parameters"] if p["name"] == "wait")
+    assert wait["schema"]["maximum"] == 5
+    assert document["paths"]["/v1/moderations"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in build_openapi(SCHEMAS)["paths"]["/generate"]["post"]

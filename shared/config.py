@@ -23,26 +23,23 @@ class ConfigError(ValueError):
     """A malformed environment variable; raised at start-up, never per request."""
 
 
-def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
+def _number(env: dict, name: str, default, minimum, kind: type, kind_name: str):
     raw = env.get(name, "")
     try:
-        value = int(raw) if raw.strip() else default
+        value = kind(raw) if raw.strip() else default
     except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be {kind_name}, got {raw!r}") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
+    return _number(env, name, default, minimum, int, "an integer")
 
 
 def _float(env: dict, name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name, "")
-    try:
-        value = float(raw) if raw.strip() else default
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    return _number(env, name, default, minimum, float, "a number")
 
 
 def _csv(raw: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""The bundled offline moderation model: data, training, evaluation and build."""

@@ -1,0 +1,108 @@
+"""Scoring, threshold choice and held-out metrics, shared by training and reporting."""
+
+import numpy as np
+import torch
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+from model.data import LABELS, bucket_weights
+from model.modeling import MAX_LENGTH
+
+
+@torch.no_grad()
+def predict_scores(model, tokenizer, texts, batch_size=64):
+    """Sigmoid score per label, shape (len(texts), len(LABELS)); batches by length for speed."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    scores = np.zeros((len(texts), len(LABELS)), dtype=np.float64)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        encoded = tokenizer([texts[i] for i in batch], padding=True, truncation=True,
+                            max_length=MAX_LENGTH, return_tensors="pt")
+        scores[batch] = torch.sigmoid(model(**encoded).logits).double().numpy()
+    return scores
+
+
+def label_arrays(examples):
+    labels = np.array([e.labels for e in examples], dtype=np.int64).reshape(-1, len(LABELS))
+    mask = np.array([e.mask for e in examples], dtype=bool).reshape(-1, len(LABELS))
+    return labels, mask
+
+
+def best_f1_threshold(y_true, y_score, weight):
+    """The threshold (0.01 grid, 0.05..0.95) with the highest weighted F1; ties -> higher."""
+    best = (-1.0, 0.5)
+    for threshold in np.round(np.arange(0.05, 0.951, 0.01), 2):
+        predicted = y_score >= threshold
+        true_pos = np.sum(weight[predicted & (y_true == 1)])
+        f1 = 2 * true_pos / max(np.sum(weight[predicted]) + np.sum(weight[y_true == 1]), 1e-12)
+        if f1 >= best[0]:
+            best = (f1, float(threshold))
+    return best[1]
+
+
+def choose_thresholds(examples, scores):
+    """Per label, maximise F1 on the validation split weighted to the training mixture.
+
+    Unweighted, Davidson's 75% "offensive" tweets would push the harassment threshold
+    down to where ordinary text gets flagged.
+    """
+    labels, mask = label_arrays(examples)
+    weight = np.array(bucket_weights(examples))
+    thresholds = {}
+    for j, label in enumerate(LABELS):
+        known = mask[:, j]
+        has_both = known.any() and 0 < labels[known, j].sum() < known.sum()
+        thresholds[label] = (best_f1_threshold(labels[known, j], scores[known, j], weight[known])
+                             if has_both else 0.5)
+    return thresholds
+
+
+def excerpt(text, length=100):
+    return text if len(text) <= length else text[:length - 3] + "..."
+
+
+def label_metrics(examples, scores, thresholds, n_examples=5):
+    """Per label: ROC AUC, precision/recall/F1 at the threshold, support, worst errors."""
+    labels, mask = label_arrays(examples)
+    report = {}
+    for j, label in enumerate(LABELS):
+        known = np.flatnonzero(mask[:, j])
+        y_true, y_score = labels[known, j], scores[known, j]
+        predicted = (y_score >= thresholds[label]).astype(int)
+        positives = int(y_true.sum())
+        entry = {"threshold": thresholds[label], "support_positive": positives,
+                 "support_negative": int(len(y_true) - positives)}
+        if 0 < positives < len(y_true):
+            precision, recall, f1, _ = precision_recall_fscore_support(
+                y_true, predicted, average="binary", zero_division=0)
+            entry.update(roc_auc=round(float(roc_auc_score(y_true, y_score)), 4),
+                         precision=round(float(precision), 4), recall=round(float(recall), 4),
+                         f1=round(float(f1), 4))
+        false_pos = [i for i in known[np.argsort(-y_score)] if labels[i, j] == 0
+                     and scores[i, j] >= thresholds[label]][:n_examples]
+        false_neg = [i for i in known[np.argsort(y_score)] if labels[i, j] == 1
+                     and scores[i, j] < thresholds[label]][:n_examples]
+        entry["false_positives"] = [
+            {"score": round(float(scores[i, j]), 3), "source": examples[i].source,
+             "text": excerpt(examples[i].text)} for i in false_pos]
+        entry["false_negatives"] = [
+            {"score": round(float(scores[i, j]), 3), "source": examples[i].source,
+             "text": excerpt(examples[i].text)} for i in false_neg]
+        report[label] = entry
+    return report
+
+
+def per_source_metrics(examples, scores, thresholds):
+    """The same metrics within each data source, without error examples (they are above)."""
+    report = {}
+    for source in sorted({e.source for e in examples}):
+        rows = [i for i, e in enumerate(examples) if e.source == source]
+        subset = label_metrics([examples[i] for i in rows], scores[rows], thresholds, n_examples=0)
+        report[source] = {label: {k: v for k, v in entry.items()
+                                  if k not in ("false_positives", "false_negatives")}
+                          for label, entry in subset.items()}
+    return report
+
+
+def flagged_labels(score_row, thresholds):
+    return [label for j, label in enumerate(LABELS) if score_row[j] >= thresholds[label]]

@@ -1,0 +1,47 @@
+"""The in-process limit: the model alone, no HTTP, no queue (rows L, L-int8 and the single-text time)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from worker.inference import TextClassifier
+
+NO_TOKEN_LIMIT = 10**9
+
+
+def sync_device(classifier: TextClassifier) -> None:
+    if classifier.device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def batched_rate(classifier: TextClassifier, texts: list[str], batch_size: int) -> float:
+    """Texts/s scoring `texts` in length-sorted passes of `batch_size` (the worker's own code path)."""
+    return batched_rate_and_cpu(classifier, texts, batch_size)[0]
+
+
+def batched_rate_and_cpu(classifier: TextClassifier, texts: list[str], batch_size: int) -> tuple[float, float]:
+    """(texts/s, CPU seconds per text): CPU per text does not depend on what else the machine runs."""
+    classifier.score_many(texts[:batch_size * 2], batch_size, NO_TOKEN_LIMIT)  # warm-up
+    started, cpu_started = time.perf_counter(), time.process_time()
+    classifier.score_many(texts, batch_size, NO_TOKEN_LIMIT)
+    sync_device(classifier)
+    return len(texts) / (time.perf_counter() - started), (time.process_time() - cpu_started) / len(texts)
+
+
+def single_text_seconds(classifier: TextClassifier, texts: list[str]) -> float:
+    """Median time to score one text on its own (tokenize + forward + softmax)."""
+    classifier.scores(texts[:5])
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        classifier.scores([text])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def best_batch(classifier: TextClassifier, sample: list[str], sizes: list[int]) -> tuple[int, dict[int, float]]:
+    """Sweep batch sizes on a sample; returns the fastest size and every size's rate."""
+    rates = {size: batched_rate(classifier, sample, size) for size in sizes}
+    return max(rates, key=rates.get), rates

@@ -125,7 +125,7 @@ class Settings:
     trusted_proxies: int = 0
     # Worker
     batch_max_texts: int = 32
-    batch_max_tokens: int = 8192
+    batch_max_tokens: int = 0  # 0: the worker picks by device (worker/inference.py)
     batch_max_wait_ms: float = 5.0
     cache_ttl: int = 3600
     device: str = ""
@@ -175,7 +175,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         api_keys=_read_api_keys(env),
         trusted_proxies=_int(env, "TRUSTED_PROXIES", 0),
         batch_max_texts=_int(env, "BATCH_MAX_TEXTS", 32, 1),
-        batch_max_tokens=_int(env, "BATCH_MAX_TOKENS", 8192, 16),
+        batch_max_tokens=_int(env, "BATCH_MAX_TOKENS", 0),
         batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 5.0),
         cache_ttl=_int(env, "CACHE_TTL", 3600),
         device=env.get("DEVICE", "").strip().lower(),

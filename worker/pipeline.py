@@ -71,7 +71,8 @@ def _score_together(served: ServedModel, jobs: list[Job], settings) -> list[Outc
     scores = {text: row for text, row in zip(unique, cached) if row is not None}
     missing = [text for text in unique if text not in scores]
     metrics.CACHE_HITS.labels(served.spec.name).inc(len(unique) - len(missing))
-    fresh = served.classifier.score_many(missing, settings.batch_max_texts, settings.batch_max_tokens,
+    fresh = served.classifier.score_many(missing, settings.batch_max_texts,
+                                         settings.batch_max_tokens or served.classifier.token_budget,
                                          on_pass=_observe_pass(served.spec.name)) if missing else []
     served.cache.put_many(missing, fresh)
     scores.update(zip(missing, fresh))

@@ -131,6 +131,7 @@ class Settings:
     device: str = ""
     quantize: str = ""
     torch_threads: int = 0
+    worker_processes: int = 1
     worker_concurrency: int = 1
     worker_metrics_port: int = 9101
     visibility_timeout: int = 300
@@ -181,6 +182,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         device=env.get("DEVICE", "").strip().lower(),
         quantize=quantize,
         torch_threads=_int(env, "TORCH_THREADS", 0),
+        worker_processes=_int(env, "WORKER_PROCESSES", 1, 1),
         worker_concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1),
         worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9101),
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),

@@ -13,11 +13,12 @@ import re
 import time
 import uuid
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from tests.support import RedisServer, base_env, start_api, start_worker
+from tests.support import RedisServer, base_env, start_api, start_worker, wait_until
 
 LIMIT = 5  # ip_api and proxied_api
 KEYED_LIMIT = 30  # keyed_api: room for the 401 matrix below within one IP budget
@@ -136,16 +137,16 @@ def _access_lines(api) -> list[tuple[int, str, str, int]]:
 def test_the_count_is_shared_by_all_gunicorn_worker_processes(ip_api):
     """Requests reach both gunicorn processes, yet only LIMIT pass in total: a process refuses
     although it accepted fewer than LIMIT itself, so the count lives in Redis, not in a process."""
-    before = len(_access_lines(ip_api))
     answered: list[tuple[int, int]] = []  # (gunicorn worker pid, status), in request order
     for sent in range(1, 61):
-        status = get_unknown_job(ip_api.url).status_code
-        deadline = time.monotonic() + 10
-        while len(lines := _access_lines(ip_api)) < before + sent and time.monotonic() < deadline:
-            time.sleep(0.02)
-        pid, _, _, logged = lines[before + sent - 1]
-        assert logged == status
-        answered.append((pid, status))
+        response = get_unknown_job(ip_api.url)
+        path = urlsplit(response.url).path  # unique per request: its own access-log line
+        # Processes write their access lines independently, so find this request's line by its path.
+        line = wait_until(lambda path=path: next((e for e in _access_lines(ip_api) if e[2] == path), None),
+                          timeout=10, interval=0.02, what=f"the access-log line of {path}")
+        pid, _, _, logged = line
+        assert logged == response.status_code
+        answered.append((pid, response.status_code))
         if sent >= 3 * LIMIT and len({p for p, _ in answered}) >= 2:
             break
     pids = {pid for pid, _ in answered}

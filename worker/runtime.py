@@ -17,7 +17,7 @@ from shared.model_registry import ModelSpec, build_spec
 from shared.redis_client import make_redis
 from worker import metrics
 from worker.cache import ScoreCache
-from worker.inference import TextClassifier
+from worker.inference import TextClassifier, cpu_quota
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
     served = {}
     for name in settings.worker_models:
         path = settings.models[name]
-        classifier = TextClassifier(path, settings.device, settings.quantize, settings.torch_threads)
+        # Worker processes on one host share its CPU quota; each takes its part for torch's threads.
+        threads = settings.torch_threads or max(1, cpu_quota() // settings.worker_processes)
+        classifier = TextClassifier(path, settings.device, settings.quantize, threads)
         spec = build_spec(name, path, classifier.config.to_dict(), settings)
         served[name] = ServedModel(spec, classifier, ScoreCache(client, _fingerprint(name, classifier),
                                                                 settings.cache_ttl))

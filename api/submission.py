@@ -8,7 +8,7 @@ from api.errors import APIError
 from api.extensions import services
 from api.metrics import JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection
 from shared import metrics as names
-from shared.jobs import JobRecord, new_job_id
+from shared.jobs import JobRecord, is_job_id, new_job_id
 from shared.model_registry import ModelSpec
 from shared.queue_stats import add_queue_depth
 from shared.queues import publish_job
@@ -54,7 +54,6 @@ def submit_job(texts: list[str], model: str | None) -> JobRecord:
 
 def find_job(job_id: str) -> JobRecord:
     """The job if it exists and belongs to the caller; otherwise 404 (never 403: ids leak nothing)."""
-    from shared.jobs import is_job_id
     record = services().store.get(job_id) if is_job_id(job_id) else None
     if record is None or record.owner != g.get("owner", ""):
         raise APIError(404, "not_found", f"no job with id '{job_id}' (unknown or expired)")

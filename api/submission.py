@@ -29,7 +29,7 @@ def resolve_model(name: str | None) -> ModelSpec:
 def submit_job(texts: list[str], model: str | None) -> JobRecord:
     svc = services()
     spec = resolve_model(model)
-    record = JobRecord(job_id=new_job_id(), model=spec.name, queue=spec.queue, texts=texts, n_texts=len(texts),
+    record = JobRecord(job_id=new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
                        owner=g.get("owner", ""))
     # One round trip reads the queue depth and writes the record (the record exists before the message,
     # so a worker or GET never sees an unknown job); a full queue then deletes the unused record.

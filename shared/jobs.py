@@ -83,7 +83,6 @@ class JobRecord:
     # Kept until the job finishes, so a job whose message was lost can be published again.
     texts: list[str] | None = None
     status: str = QUEUED
-    n_texts: int = 0
     owner: str = ""
     created_at: str = field(default_factory=utc_now)
     enqueued_ts: float = field(default_factory=time.time)
@@ -117,7 +116,6 @@ class JobRecord:
             queue=data.get("queue", ""),
             texts=json.loads(data["texts"]) if data.get("texts") else None,
             status=data.get("status", QUEUED),
-            n_texts=int(data.get("n_texts") or 0),
             owner=data.get("owner", ""),
             created_at=data.get("created_at", ""),
             enqueued_ts=float(data.get("enqueued_ts") or 0),
@@ -145,7 +143,6 @@ class JobStore:
             "queue": record.queue,
             "texts": json.dumps(record.texts or []),
             "status": record.status,
-            "n_texts": record.n_texts,
             "owner": record.owner,
             "created_at": record.created_at,
             "enqueued_ts": repr(record.enqueued_ts),

@@ -29,11 +29,11 @@ from tests.conftest import MULTI_LABELS
 from tests.support import Proc, base_env, start_api, start_worker, wait_for_job, wait_until
 from tests.tiny_models import WORDS
 from worker.inference import TextClassifier
+from worker.redelivery import UNACKED_HASH
 
 MODEL = "tiny"
 QUEUE = queue_for_model(MODEL)
 KILL_JOBS = 500
-UNACKED_HASH = "unacked"  # kombu's Redis transport: delivered, not yet acknowledged messages
 
 
 def distinct_texts(count: int, tag: str) -> list[str]:
@@ -81,7 +81,7 @@ class Stack:
         """A task message sent straight to the broker, as the API would, bypassing its validation."""
         if create_record:
             texts = args[2] if len(args) == 3 and isinstance(args[2], list) else []
-            self.store.create(JobRecord(job_id=job_id, model=MODEL, queue=QUEUE, texts=texts, n_texts=1))
+            self.store.create(JobRecord(job_id=job_id, model=MODEL, queue=QUEUE, texts=texts))
         self.celery.send_task(MODERATE_TASK, args=args, queue=QUEUE, task_id=job_id,
                          headers={"enqueued_at": time.time()})
 
@@ -298,7 +298,7 @@ def test_a_job_whose_message_vanished_is_published_again_and_succeeds(stack, ref
     """What a worker SIGKILLed between kombu's BRPOP and its unacked write leaves: a record, no message."""
     worker = stack.ensure_worker()
     text = "the weather is nice today lost message"
-    record = JobRecord(job_id=str(uuid.uuid4()), model=MODEL, queue=QUEUE, texts=[text], n_texts=1,
+    record = JobRecord(job_id=str(uuid.uuid4()), model=MODEL, queue=QUEUE, texts=[text],
                        enqueued_ts=time.time() - 60)
     stack.store.create(record)
     assert_scores_match(wait_for_job(stack.api.url, record.job_id, timeout=60), text, reference)

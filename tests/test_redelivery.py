@@ -27,7 +27,7 @@ def parts(redis_client, redis_server):
 
 
 def make_job(store: JobStore, age: float, text: str = "hello") -> JobRecord:
-    record = JobRecord(job_id=str(uuid.uuid4()), model=MODEL, queue=QUEUE, texts=[text], n_texts=1,
+    record = JobRecord(job_id=str(uuid.uuid4()), model=MODEL, queue=QUEUE, texts=[text],
                        enqueued_ts=time.time() - age)
     store.create(record)
     return record

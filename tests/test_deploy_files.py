@@ -238,6 +238,12 @@ def test_compose_passes_every_setting_to_the_api_and_the_workers():
         assert "LOG_LEVEL" in services[name]["environment"]
 
 
+def test_empty_pass_throughs_only_for_settings_where_empty_means_the_default():
+    # shared/config.py treats an empty value as unset; gunicorn_conf.py and others do not.
+    passed_empty = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-\}", COMPOSE_FILE.read_text()))
+    assert passed_empty and passed_empty <= config_variables(), passed_empty - config_variables()
+
+
 def test_every_worker_replica_has_a_cpu_limit_and_matching_threads():
     services = load_compose()["services"]
     for name in ("worker", "worker-gpu"):

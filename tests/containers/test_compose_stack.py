@@ -2,9 +2,9 @@
 
 Builds the API and worker images from docker/*.Dockerfile on a local Debian base (no image
 registry is reachable here), starts Redis, the API, 3 worker replicas and Prometheus from
-docker-compose.yaml plus tests/containers/compose.override.yaml (host networking, so every
-connection stays on 127.0.0.1), submits JOBS jobs, `docker kill`s one worker mid-run, and checks
-that every job succeeded, every replica did part of the work, Prometheus scraped the API and
+docker-compose.yaml plus tests/containers/compose.override.yaml (merged by `docker-compose config`;
+host networking, so every connection stays on 127.0.0.1), submits JOBS jobs, `docker kill`s one
+worker mid-run, and checks that every job succeeded, every replica did part of the work, Prometheus scraped the API and
 the workers, and `docker-compose down` leaves nothing running. Figures go to stdout and to
 var/containers-test/report.json.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.support import free_port
 
@@ -103,9 +104,25 @@ class Stack:
             "CACHE_TTL": "0",
         }
 
+        self.compose_file = self.merged_compose_file()
+
+    def merged_compose_file(self) -> Path:
+        """docker-compose.yaml with the override, resolved by docker-compose itself, less the host
+        port mappings of the services that now use host networking (Docker refuses both at once,
+        and Compose 1.29 cannot remove a key in an override)."""
+        merged = yaml.safe_load(sh(["docker-compose", "-f", "docker-compose.yaml", "-f", str(OVERRIDE), "config"],
+                                   env=self.env))
+        for service in merged["services"].values():
+            if service.get("network_mode") == "host":
+                service.pop("ports", None)
+                service.pop("expose", None)
+        path = WORK_DIR / "docker-compose.merged.yaml"
+        path.write_text(yaml.safe_dump(merged, sort_keys=False))
+        return path
+
     def compose(self, *args: str, timeout: float = 1800) -> str:
-        return sh(["docker-compose", "-p", PROJECT, "-f", "docker-compose.yaml", "-f", str(OVERRIDE), *args],
-                  env=self.env, timeout=timeout)
+        return sh(["docker-compose", "-p", PROJECT, "--project-directory", str(ROOT), "-f", str(self.compose_file),
+                   *args], env=self.env, timeout=timeout)
 
     def containers(self, service: str | None = None, all_states: bool = False) -> list[str]:
         args = ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"]

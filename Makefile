@@ -1,4 +1,5 @@
-# The two commands a new user needs: `make run` and `make test`. Everything else is a step of those.
+# The two commands a new user needs: `make run` and `make test`. Everything else is a step of those,
+# except `make test-containers` (builds the images and runs the compose stack; needs Docker).
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -7,7 +8,7 @@ MODEL_DIR := build/moderation-minilm
 REDIS_URL ?= redis://127.0.0.1:6379/0
 export REDIS_URL
 
-.PHONY: run test venv model redis worker api bench lint clean
+.PHONY: run test test-containers system-deps venv model redis worker api bench lint clean
 
 $(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker.txt requirements/run.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -40,10 +41,21 @@ run: venv
 	@test -n "$$MODEL_PATH$$MODELS" || $(PY) -m model.build
 	exec $(PY) -m scripts.run
 
-test: $(VENV)/.installed-dev
+# The Debian packages and services the tests use (scripts/system_deps.sh): installed and started
+# when missing (as root), named otherwise; a no-op on a ready machine.
+system-deps:
+	@scripts/system_deps.sh test
+
+test: system-deps $(VENV)/.installed-dev
 	$(PY) -m model.build
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Builds both images (on a local Debian base: no registry needed), runs Redis, the API, 3 worker
+# replicas and Prometheus with docker-compose, 2,400 jobs, one worker killed: tests/containers/.
+test-containers: $(VENV)/.installed-dev
+	@scripts/system_deps.sh containers
+	MODERATION_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers -s --timeout=3600 $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m model.build >/dev/null

@@ -93,6 +93,23 @@ def _read_api_keys(env: dict) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _port_range(env: dict, name: str, default: int) -> tuple[int, int]:
+    """"9101" or "9101-9103": the worker takes the first free port of the range (several workers on
+    one host network, e.g. scaled containers with host networking); 0 turns the endpoint off."""
+    raw = env.get(name, "").strip()
+    first, sep, last = raw.partition("-")
+    if not sep:
+        port = _int(env, name, default)
+        return port, port
+    try:
+        low, high = int(first), int(last)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a port or a range like 9101-9103, got {raw!r}") from exc
+    if not 0 < low <= high < 65536:
+        raise ConfigError(f"{name} must be a range of ports low-high, got {raw!r}")
+    return low, high
+
+
 def _rate_limiter(env: dict) -> str:
     """Unset or empty: the default (compose passes an empty value through); "off": no limit."""
     raw = env.get("RATE_LIMITER", "").strip()
@@ -134,6 +151,7 @@ class Settings:
     worker_processes: int = 1
     worker_concurrency: int = 1
     worker_metrics_port: int = 9101
+    worker_metrics_port_last: int = 9101  # the end of a WORKER_METRICS_PORT range
     visibility_timeout: int = 300
 
     @property
@@ -155,6 +173,7 @@ def load_settings(environ: dict | None = None) -> Settings:
     if quantize not in ("", "int8"):
         raise ConfigError(f"QUANTIZE must be empty or int8, got {quantize!r}")
     redis_url = env.get("REDIS_URL", "").strip() or Settings.redis_url
+    metrics_port, metrics_port_last = _port_range(env, "WORKER_METRICS_PORT", 9101)
     return Settings(
         redis_url=redis_url,
         broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
@@ -162,7 +181,9 @@ def load_settings(environ: dict | None = None) -> Settings:
         models=models,
         default_model=default_model,
         model_thresholds=_parse_thresholds(env),
-        safe_labels=frozenset(label.lower() for label in _csv(env.get("SAFE_LABELS", DEFAULT_SAFE_LABELS))),
+        # Empty counts as unset: compose passes every setting through, empty when not given.
+        safe_labels=frozenset(label.lower() for label in
+                              _csv(env.get("SAFE_LABELS", "").strip() or DEFAULT_SAFE_LABELS)),
         worker_models=worker_models,
         max_batch_items=_int(env, "MAX_BATCH_ITEMS", 256, 1),
         max_text_chars=_int(env, "MAX_TEXT_CHARS", 20_000, 1),
@@ -184,7 +205,8 @@ def load_settings(environ: dict | None = None) -> Settings:
         torch_threads=_int(env, "TORCH_THREADS", 0),
         worker_processes=_int(env, "WORKER_PROCESSES", 1, 1),
         worker_concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1),
-        worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9101),
+        worker_metrics_port=metrics_port,
+        worker_metrics_port_last=metrics_port_last,
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),
     )
 

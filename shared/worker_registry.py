@@ -41,3 +41,12 @@ def live_workers(client: redis.Redis, models: list[str]) -> dict[str, int]:
     for model in models:
         pipe.zcount(_key(model), now - LIVE_WINDOW, "+inf")
     return dict(zip(models, pipe.execute()))
+
+
+def is_live(client: redis.Redis, hostname: str, models: list[str]) -> bool:
+    """Has this worker sent a heartbeat within LIVE_WINDOW for every one of its models?"""
+    pipe = client.pipeline()
+    for model in models:
+        pipe.zscore(_key(model), hostname)
+    oldest = time.time() - LIVE_WINDOW
+    return all(score is not None and score >= oldest for score in pipe.execute())

@@ -2,14 +2,15 @@
 prometheus/alerts.yml and grafana/.
 
 Needs docker-compose (Debian package `docker-compose`, 1.29) and promtool (Debian package
-`prometheus`). Without them these tests fail rather than skip: CI installs both, and a skipped
-check would let a broken file through unnoticed.
+`prometheus`). Without them these tests fail rather than skip: `make test` installs both
+(scripts/system_deps.sh), and a skipped check would let a broken file through unnoticed.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -71,7 +72,7 @@ def require_tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(f"{name} not found on PATH: install the Debian package {package!r} "
-                    f"(apt-get install -y {package}); CI's .ci/run does that before the tests")
+                    f"(apt-get install -y {package}); `make test` does that as root (scripts/system_deps.sh)")
     return path
 
 
@@ -205,12 +206,108 @@ def test_worker_scales_without_port_clashes():
         assert "container_name" not in services[name], f"{name} has a fixed container_name; cannot scale"
 
 
-def test_gpu_worker_is_optional_and_reserves_an_nvidia_gpu():
+def test_gpu_worker_is_optional_and_pinned_to_one_gpu():
     service = load_compose()["services"]["worker-gpu"]
     assert "gpu" in service.get("profiles", [])
     assert service["environment"]["DEVICE"] == "cuda"
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    # `count: 1` gives every replica the same first GPU; one service per GPU, pinned by id.
+    assert all("count" not in d and len(d.get("device_ids", [])) == 1 for d in devices), devices
+
+
+def config_variables() -> set[str]:
+    """Every environment variable shared/config.py reads."""
+    source = (ROOT / "shared" / "config.py").read_text()
+    return set(re.findall(r'env\.get\("([A-Z][A-Z0-9_]+)"', source)) | set(
+        re.findall(r'_(?:int|float|number|port_range)\(env, "([A-Z][A-Z0-9_]+)"', source))
+
+
+def test_compose_passes_every_setting_to_the_api_and_the_workers():
+    variables = config_variables()
+    assert {"REDIS_URL", "VISIBILITY_TIMEOUT", "SAFE_LABELS", "WORKER_METRICS_PORT"} <= variables
+    services = load_compose()["services"]
+    # Settings of the worker process alone; the API never reads them.
+    worker_only = {"DEVICE", "TORCH_THREADS", "WORKER_PROCESSES", "WORKER_METRICS_PORT"}
+    assert worker_only <= variables
+    for name in ("api", "worker", "worker-gpu"):
+        wanted = variables - worker_only if name == "api" else variables
+        missing = wanted - set(services[name]["environment"])
+        assert not missing, f"{name} does not get {sorted(missing)} from the shell or .env"
+    for name in ("api", "worker"):
+        assert "LOG_LEVEL" in services[name]["environment"]
+
+
+def test_empty_pass_throughs_only_for_settings_where_empty_means_the_default():
+    # shared/config.py treats an empty value as unset; gunicorn_conf.py and others do not.
+    passed_empty = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):-\}", COMPOSE_FILE.read_text()))
+    assert passed_empty and passed_empty <= config_variables(), passed_empty - config_variables()
+
+
+def test_every_worker_replica_has_a_cpu_limit_and_matching_threads():
+    services = load_compose()["services"]
+    for name in ("worker", "worker-gpu"):
+        service = services[name]
+        assert service.get("cpus"), f"{name} has no cpus limit: N replicas would each use every core"
+        assert service["environment"]["WORKER_PROCESSES"] == "1"
+        assert service["environment"]["TORCH_THREADS"], f"{name} leaves TORCH_THREADS unset"
+    compose_text = COMPOSE_FILE.read_text()
+    assert "${WORKER_CPUS:-2}" in compose_text and "${TORCH_THREADS:-2}" in compose_text
+
+
+def test_compose_names_the_api_key_header_the_api_accepts():
+    text = COMPOSE_FILE.read_text()
+    assert "X-API-Key" not in text
+    assert "Authorization: Bearer" in text
+    assert "Authorization" in (ROOT / "api" / "auth.py").read_text()
+
+
+def test_healthchecks_mean_ready():
+    services = load_compose()["services"]
+    # The worker: a fresh heartbeat, which starts only once Celery consumes its queues.
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.healthcheck"]
+    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+    for dockerfile, needle in ((WORKER_DOCKERFILE, "worker.healthcheck"), (API_DOCKERFILE, "/healthz")):
+        final = dockerfile_stages(dockerfile)[-1]["instructions"]
+        checks = [args for keyword, args in final if keyword == "HEALTHCHECK"]
+        assert checks and needle in checks[-1], f"{dockerfile.name} has no HEALTHCHECK using {needle}"
+
+
+@pytest.mark.parametrize("dockerfile", [API_DOCKERFILE, WORKER_DOCKERFILE], ids=lambda p: p.name)
+def test_images_build_offline_with_any_builder(dockerfile):
+    """Base image, pip CA and wheelhouse are build arguments; nothing needs BuildKit or a registry
+    beyond the base image (docker-compose 1.29 builds with the classic builder)."""
+    text = dockerfile.read_text()
+    assert not re.search(r"^RUN --mount", text, re.MULTILINE) and not re.search(r"^#\s*syntax=", text, re.MULTILINE)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
+    assert re.search(r"^ARG BUILD_EXTRAS=docker/build-extras$", text, re.MULTILINE)
+    assert "COPY ${BUILD_EXTRAS}/ /tmp/build-extras/" in text
+    # Every pip install goes through docker/setup.sh, which uses the CA and the wheelhouse.
+    assert not re.search(r"^RUN[^\n]*\bpip install", text, re.MULTILINE)
+    setup = (ROOT / "docker" / "setup.sh").read_text()
+    assert "PIP_CERT" in setup and "PIP_FIND_LINKS" in setup and "apt_install python3" in setup
+    # Code comes in generically (so new packages and static files land without edits), minus the extras.
+    assert "COPY . /app" in text and "rm -rf /app/docker/build-extras" in text
+
+
+def test_build_extras_stay_out_of_git():
+    ignored = run(["git", "check-ignore", "docker/build-extras/ca.crt", "docker/build-extras/wheels/x.whl"])
+    assert ignored.stdout.split() == ["docker/build-extras/ca.crt", "docker/build-extras/wheels/x.whl"]
+    assert (ROOT / "docker" / "build-extras" / "README.md").is_file()
+
+
+def test_container_test_override_is_valid():
+    compose = require_tool("docker-compose", "docker-compose")
+    env = {**os.environ, "TEST_BASE_IMAGE": "base", "TEST_REDIS_PORT": "1", "TEST_API_PORT": "2",
+           "TEST_PROMETHEUS_PORT": "3", "TEST_PROMETHEUS_CONFIG": "/tmp/p.yml", "TEST_WORKER_METRICS_PORTS": "4-6"}
+    result = run([compose, "-f", str(COMPOSE_FILE), "-f", "tests/containers/compose.override.yaml", "config"],
+                 env=env)
+    assert_ok(result)
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in ("redis", "api", "worker", "prometheus"):
+        assert services[name]["network_mode"] == "host", name
+    assert services["worker"]["environment"]["WORKER_METRICS_PORT"] == "4-6"
+    assert services["worker"]["build"]["args"]["PYTHON_IMAGE"] == "base"
 
 
 def test_redis_persists_with_aof():

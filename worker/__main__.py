@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import sys
 
@@ -21,8 +22,21 @@ from shared.celery_app import celery_app
 from shared.config import ConfigError, get_settings
 from shared.queues import queue_for_model
 from shared.redis_client import make_redis
+from worker.healthcheck import write_nodename
 
 log = logging.getLogger("worker")
+
+
+def serve_metrics(first: int, last: int) -> int:
+    """/metrics on the first free port of first..last; returns it."""
+    for port in range(first, last + 1):
+        try:
+            start_http_server(port)
+            return port
+        except OSError:
+            if port == last:
+                raise
+    raise AssertionError("unreachable")
 
 
 def main(argv: list[str]) -> int:
@@ -41,14 +55,17 @@ def main(argv: list[str]) -> int:
         log.critical("model failed to load, exiting: %s", exc)
         return 3
     if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port)
-        log.info("metrics on http://0.0.0.0:%d/metrics", settings.worker_metrics_port)
+        port = serve_metrics(settings.worker_metrics_port, settings.worker_metrics_port_last)
+        log.info("metrics on http://0.0.0.0:%d/metrics", port)
 
     import worker.tasks  # noqa: F401  (registers the task)
     from worker.heartbeat import Heartbeat
     from worker.redelivery import RedeliverySweeper
 
-    hostname = f"moderation-{os.getpid()}@{socket.gethostname()}"
+    # The random part keeps names unique where containers share a host name and PID numbers
+    # (host networking): the registry and the redelivery sweeper key on this name.
+    hostname = f"moderation-{os.getpid()}@{socket.gethostname()}.{secrets.token_hex(3)}"
+    write_nodename(hostname)
     models = list(settings.worker_models)
     client = make_redis(settings)
     background = [Heartbeat(client, hostname, models),

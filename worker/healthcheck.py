@@ -1,0 +1,47 @@
+"""`python -m worker.healthcheck`: exit 0 when this container's worker consumes its queues.
+
+The worker writes its Celery node name to NODENAME_FILE at start; its heartbeat
+(worker/heartbeat.py) runs from worker_ready until shutdown. So a fresh heartbeat under that
+name in Redis means the model is loaded, Celery is connected and consuming, and Redis answers.
+The image's HEALTHCHECK runs this; with one worker per container the file is this worker's.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import redis
+
+NODENAME_FILE = Path(tempfile.gettempdir()) / "moderation-worker.nodename"
+
+
+def write_nodename(hostname: str) -> None:
+    NODENAME_FILE.write_text(hostname)
+
+
+def main() -> int:
+    from shared import worker_registry
+    from shared.config import get_settings
+    from shared.redis_client import make_redis
+
+    try:
+        hostname = NODENAME_FILE.read_text().strip()
+    except OSError:
+        print("worker not started yet (no node name)", file=sys.stderr)
+        return 1
+    settings = get_settings()
+    try:
+        live = worker_registry.is_live(make_redis(settings), hostname, list(settings.worker_models))
+    except redis.RedisError as exc:
+        print(f"Redis unreachable: {exc}", file=sys.stderr)
+        return 1
+    if not live:
+        print(f"{hostname} has no fresh heartbeat: not consuming", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,8 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import health, jobs, moderations, openapi
+from api import health, jobs, moderations, openapi, queue, web
+from api.contract import undocumented_routes
 from api.errors import error_response, register_error_handlers
 from api.extensions import Services
 from api.limits import init_limiter
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     settings = settings or get_settings()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # api/web.py serves the page's files
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
     if settings.trusted_proxies:
@@ -57,8 +58,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     _register_outage_handler(app)
     init_limiter(app, settings)
     app.register_blueprint(init_metrics(app, client, {name: spec.queue for name, spec in specs.items()}))
-    for blueprint in (jobs.bp, moderations.bp, health.bp, openapi.bp):
+    for blueprint in (jobs.bp, moderations.bp, health.bp, queue.bp, web.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    missing = undocumented_routes(app)
+    if missing:
+        raise RuntimeError(f"routes without an @operation (api/contract.py): {', '.join(missing)}")
     return app
 
 

@@ -13,7 +13,7 @@ import api
 from api.limits import parse_limits
 from api.schemas import NOT_BLANK, build_schemas
 from api.validation import _field_path
-from shared.config import DEFAULT_RATE_LIMITER, ConfigError, load_settings
+from shared.config import DEFAULT_RATE_LIMITER, DEFAULT_READ_RATE_LIMITER, ConfigError, load_settings
 
 SCHEMAS = build_schemas(max_items=3, max_chars=10, max_wait=5, model_names=("tiny",))
 
@@ -48,6 +48,24 @@ def test_default_rate_limit_is_valid_flask_limiter_syntax():
 def test_malformed_rate_limiter_fails_at_start_up(client, raw):
     with pytest.raises(ConfigError, match="RATE_LIMITER"):
         client(RATE_LIMITER=raw)
+
+
+def test_reads_have_their_own_budget_setting():
+    assert load_settings({}).read_rate_limiter == DEFAULT_READ_RATE_LIMITER != DEFAULT_RATE_LIMITER
+    assert load_settings({"READ_RATE_LIMITER": "off", "RATE_LIMITER": "5/minute"}).read_rate_limiter == ""
+    assert load_settings({"READ_RATE_LIMITER": "10/second"}).rate_limiter == DEFAULT_RATE_LIMITER
+
+
+def test_malformed_read_rate_limiter_fails_at_start_up(client):
+    with pytest.raises(ConfigError, match="READ_RATE_LIMITER"):
+        client(READ_RATE_LIMITER="5 per fortnight")
+
+
+def test_webhooks_need_a_secret_with_the_allowlist():
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+        load_settings({"WEBHOOK_ALLOWED_HOSTS": "hooks.example.com"})
+    settings = load_settings({"WEBHOOK_ALLOWED_HOSTS": "Hooks.Example.com, 127.0.0.1", "WEBHOOK_SECRET": "s"})
+    assert settings.webhook_allowed_hosts == {"hooks.example.com", "127.0.0.1"}
 
 
 @pytest.mark.parametrize("raw, error", [("one", "must be an integer"), ("-1", "must be >= 0")])

@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=make_celery(settings),
         models=specs,
         schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds,
-                              tuple(specs)),
+                              tuple(specs), settings.webhook_allowed_hosts),
     )
     register_error_handlers(app)
     _register_outage_handler(app)

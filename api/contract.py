@@ -40,6 +40,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     body: str | None = None  # the RequestSchemas attribute that validates the body
     query: tuple[Callable, ...] = field(default_factory=tuple)  # request_schemas -> a parameter
+    path: dict = field(default_factory=dict)  # path parameter -> its JSON schema (default: a string)
     secured: bool = False  # needs a Bearer key when API_KEYS is set
     rate_limited: bool = True
 
@@ -88,10 +89,9 @@ def _content(kind: type[BaseModel] | str | tuple[str, ...]) -> dict:
     return {"application/json": {"schema": {"$ref": _REF.format(model=kind.__name__)}}}
 
 
-def _path_parameters(rule) -> list[dict]:
-    return [{"name": name, "in": "path", "required": True,
-             "schema": {"type": "string", "format": "uuid"} if name == "job_id" else {"type": "string"}}
-            for name in rule.arguments]
+def _path_parameters(rule, op: Operation) -> list[dict]:
+    return [{"name": name, "in": "path", "required": True, "schema": op.path.get(name, {"type": "string"})}
+            for name in sorted(rule.arguments)]
 
 
 def build_openapi(app: Flask, request_schemas, error_model: type[BaseModel], title: str, version: str,
@@ -113,7 +113,7 @@ def build_openapi(app: Flask, request_schemas, error_model: type[BaseModel], tit
                                                "content": _content(error_model)})
         spec: dict = {"summary": op.summary, "operationId": rule.endpoint.replace(".", "_"),
                       "responses": responses}
-        parameters = _path_parameters(rule) + [parameter(request_schemas) for parameter in op.query]
+        parameters = _path_parameters(rule, op) + [parameter(request_schemas) for parameter in op.query]
         if parameters:
             spec["parameters"] = parameters
         if op.body:

@@ -22,6 +22,9 @@ def wait_query(schemas: s.RequestSchemas) -> dict:
             "schema": {"type": "number", "minimum": 0, "maximum": schemas.max_wait}}
 
 
+JOB_ID = {"job_id": {"type": "string", "format": "uuid"}}
+
+
 def _wait_seconds(raw: str | None) -> float:
     if raw is None:
         return 0.0
@@ -53,7 +56,7 @@ def generate():
 
 @bp.get("/jobs/<job_id>")
 @operation("A job's state and results", {200: ("The job", s.Job)}, errors=(400, 404, 503), query=(wait_query,),
-           secured=True)
+           path=JOB_ID, secured=True)
 def get_job(job_id: str):
     wait = _wait_seconds(request.args.get("wait"))
     record = find_job(job_id)
@@ -63,6 +66,7 @@ def get_job(job_id: str):
 
 
 @bp.delete("/jobs/<job_id>")
-@operation("Cancel a queued job", {200: ("Canceled", s.Job)}, errors=(404, 409, 503), secured=True)
+@operation("Cancel a queued job", {200: ("Canceled", s.Job)}, errors=(404, 409, 503), path=JOB_ID,
+           secured=True)
 def delete_job(job_id: str):
     return reply(s.Job.of(cancel_job(job_id)))

@@ -113,8 +113,24 @@ class RequestSchemas:
     max_wait: float
 
 
+def _callback_url_schema(allowed_hosts: frozenset[str]):
+    """What the document promises about callback_url: with no allowlist only null is valid (the API
+    refuses any URL); otherwise http(s) URLs on an allowed host (the API also checks the port)."""
+    def shape(schema: dict) -> None:
+        schema.clear()
+        if not allowed_hosts:
+            schema["not"] = {}
+            return
+        # Escaped by hand: re.escape's "\\-" is an error in ECMA-262's unicode mode.
+        hosts = "|".join("".join("\\" + c if c in ".^$*+?()[]{}|\\/" else c for c in host)
+                         for host in sorted(allowed_hosts))
+        schema.update({"type": "string", "format": "uri", "maxLength": 2048,
+                       "pattern": f"^https?://({hosts})(:[0-9]{{1,5}})?([/?#].*)?$"})
+    return shape
+
+
 def build_schemas(max_items: int, max_chars: int, max_wait: float,
-                  model_names: tuple[str, ...] = ()) -> RequestSchemas:
+                  model_names: tuple[str, ...] = (), callback_hosts: frozenset[str] = frozenset()) -> RequestSchemas:
     Text = Annotated[str, Field(min_length=1, max_length=max_chars, json_schema_extra={"pattern": NOT_BLANK}),
                      AfterValidator(_valid_text)]
     Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items)]
@@ -126,7 +142,8 @@ def build_schemas(max_items: int, max_chars: int, max_wait: float,
     Model = model_field(model_names)
     # /v1/moderations also answers to OpenAI's names, meaning the default model.
     OpenAIModel = model_field(tuple(dict.fromkeys(model_names + OPENAI_MODEL_NAMES)) if model_names else ())
-    CallbackURL = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"format": "uri"})]
+    CallbackURL = Annotated[str, Field(min_length=1, max_length=2048,
+                                       json_schema_extra=_callback_url_schema(callback_hosts))]
     strict = ConfigDict(extra="forbid", strict=True)
     # "Exactly one of input_text or inputs", as JSON Schema: exactly one branch holds a non-null value.
     one_form = {"oneOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}

@@ -25,7 +25,8 @@ def index():
 
 @bp.get("/static/<path:filename>")
 @operation("The web page's script and style sheet",
-           {200: ("Static file", tuple(sorted(set(STATIC_FILES.values()))))}, errors=(404,), rate_limited=False)
+           {200: ("Static file", tuple(sorted(set(STATIC_FILES.values()))))}, errors=(404,),
+           path={"filename": {"type": "string", "enum": sorted(STATIC_FILES)}}, rate_limited=False)
 def static_file(filename: str):
     if filename not in STATIC_FILES:
         raise NotFound(f"no static file '{filename}'")

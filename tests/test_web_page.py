@@ -31,7 +31,7 @@ BACKLOG = 40
 def stack(redis_server, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: this test needs Debian's chromium "
-                    "(apt-get install chromium chromium-driver; .ci/run installs them)")
+                    "(apt-get install chromium chromium-driver; make test installs them)")
     if not (BUNDLED_MODEL_PATH / "config.json").exists():
         pytest.fail("the bundled model is not built: run `python -m model.build` (make test does)")
     redis_server.client().flushall()

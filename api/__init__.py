@@ -14,7 +14,8 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import health, jobs, moderations, openapi
+from api import health, jobs, moderations, openapi, queue, web
+from api.contract import undocumented_routes
 from api.errors import error_response, register_error_handlers
 from api.extensions import Services
 from api.limits import init_limiter
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     settings = settings or get_settings()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # api/web.py serves the page's files
     app.config["MAX_CONTENT_LENGTH"] = settings.max_content_length
     app.json.sort_keys = False
     if settings.trusted_proxies:
@@ -51,14 +52,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=make_celery(settings),
         models=specs,
         schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds,
-                              tuple(specs)),
+                              tuple(specs), settings.webhook_allowed_hosts),
     )
     register_error_handlers(app)
     _register_outage_handler(app)
     init_limiter(app, settings)
     app.register_blueprint(init_metrics(app, client, {name: spec.queue for name, spec in specs.items()}))
-    for blueprint in (jobs.bp, moderations.bp, health.bp, openapi.bp):
+    for blueprint in (jobs.bp, moderations.bp, health.bp, queue.bp, web.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    missing = undocumented_routes(app)
+    if missing:
+        raise RuntimeError(f"routes without an @operation (api/contract.py): {', '.join(missing)}")
     return app
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app
 from werkzeug.exceptions import HTTPException
+
+from api.contract import reply
+from api.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +22,8 @@ class APIError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None, **extra):
-    body = {"error": {"code": code, "message": message, **extra}}
-    response = jsonify(body)
-    response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+    return reply(ErrorBody(error=ErrorDetail(code=code, message=message, **extra)), status, headers,
+                 exclude_none=True)  # optional fields (job_id, status_url) appear only when set
 
 
 # Codes clients branch on; other HTTP errors get their status name ("not_found", "method_not_allowed").

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, jsonify
+from flask import Blueprint
 
+from api import schemas as s
+from api.contract import operation, reply
 from api.errors import error_response
 from api.extensions import services
 from shared.worker_registry import live_workers
@@ -13,12 +15,15 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation("Liveness: the process answers", {200: ("Alive", s.Health)}, rate_limited=False)
 def healthz():
     """The process is alive; says nothing about Redis or workers."""
-    return jsonify({"status": "ok"})
+    return reply(s.Health(status="ok"))
 
 
 @bp.get("/readyz")
+@operation("Readiness: Redis answers and a live worker serves the default model", {200: ("Ready", s.Ready)},
+           errors=(503,), rate_limited=False)
 def readyz():
     """Ready when Redis answers and a live worker serves the default model's queue."""
     svc = services()
@@ -32,17 +37,18 @@ def readyz():
     if workers < 1:
         return error_response(503, "not_ready", f"no live worker serves the default model '{default}'",
                               headers={"Retry-After": "1"})
-    return jsonify({"status": "ready", "default_model": default, "workers": workers})
+    return reply(s.Ready(status="ready", default_model=default, workers=workers))
 
 
 @bp.get("/models")
+@operation("Configured models: labels, thresholds, safe labels, live workers", {200: ("Models", s.Models)})
 def models():
     svc = services()
     try:
         workers = live_workers(svc.redis, list(svc.models))
     except redis.RedisError:
         workers = {}
-    return jsonify({
-        "default_model": svc.settings.default_model,
-        "models": [{**spec.describe(), "live_workers": workers.get(name)} for name, spec in svc.models.items()],
-    })
+    return reply(s.Models(
+        default_model=svc.settings.default_model,
+        models=[s.ModelInfo(**spec.describe(), live_workers=workers.get(name)) for name, spec in svc.models.items()],
+    ))

@@ -1,17 +1,28 @@
-"""POST /generate and GET /jobs/<id>: the asynchronous job API."""
+"""POST /generate, GET /jobs/<id> and DELETE /jobs/<id>: the asynchronous job API."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, request, url_for
 
+from api import schemas as s
 from api.auth import require_api_key
+from api.contract import operation, reply
 from api.errors import APIError
 from api.extensions import services
-from api.submission import find_job, submit_job
+from api.submission import cancel_job, find_job, submit_job
 from api.validation import parse_json_body
 
 bp = Blueprint("jobs", __name__)
 bp.before_request(require_api_key)
+
+
+
+def wait_query(schemas: s.RequestSchemas) -> dict:
+    return {"name": "wait", "in": "query", "required": False, "description": "long-poll up to this many seconds",
+            "schema": {"type": "number", "minimum": 0, "maximum": schemas.max_wait}}
+
+
+JOB_ID = {"job_id": {"type": "string", "format": "uuid"}}
 
 
 def _wait_seconds(raw: str | None) -> float:
@@ -28,25 +39,34 @@ def _wait_seconds(raw: str | None) -> float:
 
 
 @bp.post("/generate")
+@operation("Queue texts for moderation",
+           {202: ("Queued", s.JobAccepted), 200: ("Finished within `wait`", s.Job)},
+           errors=(503,), body="generate", secured=True)
 def generate():
     body = parse_json_body(services().schemas.generate)
-    record = submit_job(body.texts(), body.model)
+    record = submit_job(body.texts(), body.model, body.callback_url)
     if body.wait:
         finished = services().store.wait_until_finished(record.job_id, body.wait)
         if finished is not None and finished.finished:
-            return jsonify(finished.public()), 200
+            return reply(s.Job.of(finished))
     status_url = url_for("jobs.get_job", job_id=record.job_id)
-    response = jsonify({"job_id": record.job_id, "status": record.status, "model": record.model,
-                        "status_url": status_url})
-    response.status_code = 202
-    response.headers["Location"] = status_url
-    return response
+    return reply(s.JobAccepted(job_id=record.job_id, status="queued", model=record.model, status_url=status_url),
+                 202, {"Location": status_url})
 
 
 @bp.get("/jobs/<job_id>")
+@operation("A job's state and results", {200: ("The job", s.Job)}, errors=(400, 404, 503), query=(wait_query,),
+           path=JOB_ID, secured=True)
 def get_job(job_id: str):
     wait = _wait_seconds(request.args.get("wait"))
     record = find_job(job_id)
     if wait and not record.finished:
         record = services().store.wait_until_finished(job_id, wait) or record
-    return jsonify(record.public())
+    return reply(s.Job.of(record))
+
+
+@bp.delete("/jobs/<job_id>")
+@operation("Cancel a queued job", {200: ("Canceled", s.Job)}, errors=(404, 409, 503), path=JOB_ID,
+           secured=True)
+def delete_job(job_id: str):
+    return reply(s.Job.of(cancel_job(job_id)))

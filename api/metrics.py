@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from api.contract import operation
 from shared import metrics as names
 from shared.queue_stats import oldest_job_age, queue_depth
 
@@ -37,9 +38,10 @@ HTTP_DURATION = Histogram(names.HTTP_REQUEST_DURATION_SECONDS, "HTTP request dur
                                    10, 30))
 JOBS_SUBMITTED = Counter(names.JOBS_SUBMITTED_TOTAL, "Jobs accepted and enqueued.", ["model"])
 TEXTS_SUBMITTED = Counter(names.TEXTS_SUBMITTED_TOTAL, "Texts in accepted jobs.", ["model"])
+JOBS_CANCELED = Counter(names.JOBS_CANCELED_TOTAL, "Queued jobs canceled by their client.", ["model"])
 REJECTED = Counter(names.REQUESTS_REJECTED_TOTAL, "Requests refused, by reason.", ["reason"])
 
-_REASON_BY_STATUS = {400: names.REJECT_INVALID, 404: None, 413: names.REJECT_INVALID,
+_REASON_BY_STATUS = {400: names.REJECT_INVALID, 404: None, 409: None, 413: names.REJECT_INVALID,
                      415: names.REJECT_INVALID, 401: names.REJECT_UNAUTHORIZED,
                      429: names.REJECT_RATE_LIMITED}  # 503s count themselves (queue_full, unavailable)
 
@@ -97,9 +99,12 @@ def init_metrics(app: Flask, client: redis.Redis, models: dict[str, str]) -> Blu
     for model in models:
         JOBS_SUBMITTED.labels(model)
         TEXTS_SUBMITTED.labels(model)
+        JOBS_CANCELED.labels(model)
     bp = Blueprint("metrics", __name__)
 
     @bp.get("/metrics")
+    @operation("Prometheus metrics (API and queue)", {200: ("Prometheus text format", "text/plain")},
+               rate_limited=False)
     def metrics():
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 

@@ -11,6 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from shared.schemas import Job, ModerationResult
+
+__all__ = ["Job", "ModerationResult"]  # re-exported: the API's schemas in one place
+
 
 def _blank_class() -> str:
     """A regex class of every whitespace character (str.isspace; none lies above U+3000), spelled with
@@ -34,28 +38,11 @@ def _valid_text(text: str) -> str:
     return text
 
 
-class ModerationResult(BaseModel):
-    flagged: bool
-    categories: dict[str, bool]
-    category_scores: dict[str, float]
-
-
 class JobAccepted(BaseModel):
     job_id: str
     status: Literal["queued"]
     model: str
     status_url: str
-
-
-class Job(BaseModel):
-    job_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
-    model: str
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    results: list[ModerationResult] | None
-    error: str | None
 
 
 class ModerationResponse(BaseModel):
@@ -68,10 +55,55 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     job_id: str | None = None
+    status_url: str | None = None
 
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    default_model: str
+    workers: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    queue: str
+    labels: list[str]
+    thresholds: dict[str, float]
+    safe_labels: list[str]
+    multi_label: bool
+    live_workers: int | None
+
+
+class Models(BaseModel):
+    default_model: str
+    models: list[ModelInfo]
+
+
+class QueueModelStats(BaseModel):
+    model: str
+    queue: str
+    depth: int
+    oldest_job_age_seconds: float
+    live_workers: int
+    texts_per_second: float
+
+
+class QueueStats(BaseModel):
+    """GET /queue: what the web page's queue panel shows. texts_per_second is over the last minute."""
+    window_seconds: int
+    models: list[QueueModelStats]
+
+
+# OpenAI's moderation model names: code written for OpenAI's SDK sends one of these.
+OPENAI_MODEL_NAMES = ("omni-moderation-latest", "text-moderation-latest", "text-moderation-stable")
 
 
 @dataclass(frozen=True)
@@ -81,15 +113,37 @@ class RequestSchemas:
     max_wait: float
 
 
+def _callback_url_schema(allowed_hosts: frozenset[str]):
+    """What the document promises about callback_url: with no allowlist only null is valid (the API
+    refuses any URL); otherwise http(s) URLs on an allowed host (the API also checks the port)."""
+    def shape(schema: dict) -> None:
+        schema.clear()
+        if not allowed_hosts:
+            schema["not"] = {}
+            return
+        # Escaped by hand: re.escape's "\\-" is an error in ECMA-262's unicode mode.
+        hosts = "|".join("".join("\\" + c if c in ".^$*+?()[]{}|\\/" else c for c in host)
+                         for host in sorted(allowed_hosts))
+        schema.update({"type": "string", "format": "uri", "maxLength": 2048,
+                       "pattern": f"^https?://({hosts})(:[0-9]{{1,5}})?([/?#].*)?$"})
+    return shape
+
+
 def build_schemas(max_items: int, max_chars: int, max_wait: float,
-                  model_names: tuple[str, ...] = ()) -> RequestSchemas:
+                  model_names: tuple[str, ...] = (), callback_hosts: frozenset[str] = frozenset()) -> RequestSchemas:
     Text = Annotated[str, Field(min_length=1, max_length=max_chars, json_schema_extra={"pattern": NOT_BLANK}),
                      AfterValidator(_valid_text)]
     Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items)]
     # Unknown names are refused by api.submission.resolve_model (listing the configured ones); the enum
     # only tells clients and fuzzers which names exist.
-    Model = Annotated[str, Field(min_length=1, max_length=200,
-                                 json_schema_extra={"enum": list(model_names)} if model_names else None)]
+    def model_field(names: tuple[str, ...]):
+        return Annotated[str, Field(min_length=1, max_length=200,
+                                    json_schema_extra={"enum": list(names)} if names else None)]
+    Model = model_field(model_names)
+    # /v1/moderations also answers to OpenAI's names, meaning the default model.
+    OpenAIModel = model_field(tuple(dict.fromkeys(model_names + OPENAI_MODEL_NAMES)) if model_names else ())
+    CallbackURL = Annotated[str, Field(min_length=1, max_length=2048,
+                                       json_schema_extra=_callback_url_schema(callback_hosts))]
     strict = ConfigDict(extra="forbid", strict=True)
     # "Exactly one of input_text or inputs", as JSON Schema: exactly one branch holds a non-null value.
     one_form = {"oneOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
@@ -102,6 +156,8 @@ def build_schemas(max_items: int, max_chars: int, max_wait: float,
         inputs: Texts | None = None
         model: Model | None = None
         wait: Annotated[float, Field(ge=0, le=max_wait)] | None = None
+        # POSTed the job (as GET /jobs/<id> returns it) when it finishes; only WEBHOOK_ALLOWED_HOSTS.
+        callback_url: CallbackURL | None = None
 
         @model_validator(mode="after")
         def _one_form(self):
@@ -116,7 +172,7 @@ def build_schemas(max_items: int, max_chars: int, max_wait: float,
         """OpenAI-compatible: input is one text or a list of texts."""
         model_config = strict
         input: Text | Texts
-        model: Model | None = None
+        model: OpenAIModel | None = None
 
         def texts(self) -> list[str]:
             return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -6,12 +6,13 @@ from flask import g
 
 from api.errors import APIError
 from api.extensions import services
-from api.metrics import JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection
+from api.metrics import JOBS_CANCELED, JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection
 from shared import metrics as names
 from shared.jobs import JobRecord, is_job_id, new_job_id
 from shared.model_registry import ModelSpec
 from shared.queue_stats import add_queue_depth
 from shared.queues import publish_job
+from shared.webhooks import CallbackRefused, check_callback_url
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -26,11 +27,20 @@ def resolve_model(name: str | None) -> ModelSpec:
     return spec
 
 
-def submit_job(texts: list[str], model: str | None) -> JobRecord:
+def checked_callback_url(url: str | None) -> str:
+    if url is None:
+        return ""
+    try:
+        return check_callback_url(url, services().settings.webhook_allowed_hosts)
+    except CallbackRefused as exc:
+        raise APIError(400, "invalid_request", f"callback_url: {exc}") from None
+
+
+def submit_job(texts: list[str], model: str | None, callback_url: str | None = None) -> JobRecord:
     svc = services()
     spec = resolve_model(model)
     record = JobRecord(job_id=new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
-                       owner=g.get("owner", ""))
+                       owner=g.get("owner", ""), callback_url=checked_callback_url(callback_url))
     # One round trip reads the queue depth and writes the record (the record exists before the message,
     # so a worker or GET never sees an unknown job); a full queue then deletes the unused record.
     pipe = svc.redis.pipeline()
@@ -58,3 +68,15 @@ def find_job(job_id: str) -> JobRecord:
     if record is None or record.owner != g.get("owner", ""):
         raise APIError(404, "not_found", f"no job with id '{job_id}' (unknown or expired)")
     return record
+
+
+def cancel_job(job_id: str) -> JobRecord:
+    """Cancel the caller's job if it is still queued; 409 if it is running or finished."""
+    record = find_job(job_id)
+    canceled, status = services().store.cancel(job_id)
+    if status is None:
+        raise APIError(404, "not_found", f"no job with id '{job_id}' (unknown or expired)")
+    if not canceled:
+        raise APIError(409, "not_cancelable", f"job '{job_id}' is {status}; only a queued job can be canceled")
+    JOBS_CANCELED.labels(record.model).inc()
+    return find_job(job_id)

@@ -16,6 +16,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_PATH = PROJECT_ROOT / "build" / "moderation-minilm"
 # Per API key (or client IP) over all limited endpoints; RATE_LIMITER=off disables it. See README.
 DEFAULT_RATE_LIMITER = "3000/minute"
+# Reads (GET: polling jobs, /models, /queue) have their own budget, so polling never eats submissions.
+DEFAULT_READ_RATE_LIMITER = "12000/minute"
 DEFAULT_SAFE_LABELS = "ok,safe,neutral,non-toxic,non_toxic,not_toxic,nontoxic,neither,normal,clean,none"
 
 
@@ -110,12 +112,12 @@ def _port_range(env: dict, name: str, default: int) -> tuple[int, int]:
     return low, high
 
 
-def _rate_limiter(env: dict) -> str:
+def _rate_limiter(env: dict, name: str, default: str) -> str:
     """Unset or empty: the default (compose passes an empty value through); "off": no limit."""
-    raw = env.get("RATE_LIMITER", "").strip()
+    raw = env.get(name, "").strip()
     if raw.lower() == "off":
         return ""
-    return raw or DEFAULT_RATE_LIMITER
+    return raw or default
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,17 @@ class Settings:
     moderations_timeout: float = 30.0
     max_queue_depth: int = 10_000
     result_ttl: int = 24 * 3600
-    rate_limiter: str = DEFAULT_RATE_LIMITER  # "" when RATE_LIMITER=off
+    rate_limiter: str = DEFAULT_RATE_LIMITER  # submissions; "" when RATE_LIMITER=off
+    read_rate_limiter: str = DEFAULT_READ_RATE_LIMITER  # reads; "" when READ_RATE_LIMITER=off
     rate_limit_storage_url: str = ""
     api_keys: tuple[str, ...] = ()
     trusted_proxies: int = 0
+    # Webhooks (callback_url): only these hosts are ever called; none set means the field is refused.
+    webhook_allowed_hosts: frozenset[str] = frozenset()
+    webhook_secret: str = ""
+    webhook_timeout: float = 5.0
+    webhook_max_retries: int = 8
+    webhook_concurrency: int = 4
     # Worker
     batch_max_texts: int = 32
     batch_max_tokens: int = 0  # 0: the worker picks by device (worker/inference.py)
@@ -172,6 +181,9 @@ def load_settings(environ: dict | None = None) -> Settings:
     quantize = env.get("QUANTIZE", "").strip().lower()
     if quantize not in ("", "int8"):
         raise ConfigError(f"QUANTIZE must be empty or int8, got {quantize!r}")
+    webhook_allowed_hosts = frozenset(host.lower() for host in _csv(env.get("WEBHOOK_ALLOWED_HOSTS", "")))
+    if webhook_allowed_hosts and not env.get("WEBHOOK_SECRET", ""):
+        raise ConfigError("WEBHOOK_SECRET must be set when WEBHOOK_ALLOWED_HOSTS is (deliveries are signed with it)")
     redis_url = env.get("REDIS_URL", "").strip() or Settings.redis_url
     metrics_port, metrics_port_last = _port_range(env, "WORKER_METRICS_PORT", 9101)
     return Settings(
@@ -192,10 +204,16 @@ def load_settings(environ: dict | None = None) -> Settings:
         moderations_timeout=_float(env, "MODERATIONS_TIMEOUT", 30.0, 0.1),
         max_queue_depth=_int(env, "MAX_QUEUE_DEPTH", 10_000, 1),
         result_ttl=_int(env, "RESULT_TTL", 24 * 3600, 1),
-        rate_limiter=_rate_limiter(env),
+        rate_limiter=_rate_limiter(env, "RATE_LIMITER", DEFAULT_RATE_LIMITER),
+        read_rate_limiter=_rate_limiter(env, "READ_RATE_LIMITER", DEFAULT_READ_RATE_LIMITER),
         rate_limit_storage_url=env.get("RATE_LIMIT_STORAGE_URL", "").strip(),
         api_keys=_read_api_keys(env),
         trusted_proxies=_int(env, "TRUSTED_PROXIES", 0),
+        webhook_allowed_hosts=webhook_allowed_hosts,
+        webhook_secret=env.get("WEBHOOK_SECRET", ""),
+        webhook_timeout=_float(env, "WEBHOOK_TIMEOUT", 5.0, 0.1),
+        webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", 8),
+        webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", 4, 1),
         batch_max_texts=_int(env, "BATCH_MAX_TEXTS", 32, 1),
         batch_max_tokens=_int(env, "BATCH_MAX_TOKENS", 0),
         batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 5.0),

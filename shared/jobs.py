@@ -2,7 +2,8 @@
 
 Lifecycle: the API creates a record ("queued") *before* it enqueues the Celery message, so an id
 the API answered for is never unknown; the worker moves it to "running" and then to "succeeded"
-or "failed", and publishes on the job's channel so waiting requests wake up at once.
+or "failed", and publishes on the job's channel so waiting requests wake up at once. A queued job
+may instead be "canceled" (DELETE /jobs/<id>); a worker that later receives its message skips it.
 Records expire RESULT_TTL seconds after creation (refreshed when they finish).
 """
 
@@ -16,8 +17,8 @@ from datetime import UTC, datetime
 
 import redis
 
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-FINISHED = (SUCCEEDED, FAILED)
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
+FINISHED = (SUCCEEDED, FAILED, CANCELED)
 KEY_PREFIX = "moderation:job:"
 
 # One result per input text, in input order. category_scores are floats in [0, 1].
@@ -28,12 +29,22 @@ ModerationResult = dict
 # (a redelivered message whose job already finished) cannot overwrite a finished result.
 _FINISH_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'succeeded' or status == 'failed' then return 0 end
+if not status or status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results', ARGV[3], 'error', ARGV[4])
 redis.call('HDEL', KEYS[1], 'texts')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[7])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+# Cancel only a job still queued (checked and changed atomically); answers 1, or the status it found.
+_CANCEL_SCRIPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' then return status end
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'texts')
+redis.call('ZREM', ARGV[2] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[3])
+redis.call('PUBLISH', KEYS[2], 'canceled')
 return 1
 """
 _START_SCRIPT = """
@@ -84,6 +95,7 @@ class JobRecord:
     texts: list[str] | None = None
     status: str = QUEUED
     owner: str = ""
+    callback_url: str = ""
     created_at: str = field(default_factory=utc_now)
     enqueued_ts: float = field(default_factory=time.time)
     started_at: str | None = None
@@ -117,6 +129,7 @@ class JobRecord:
             texts=json.loads(data["texts"]) if data.get("texts") else None,
             status=data.get("status", QUEUED),
             owner=data.get("owner", ""),
+            callback_url=data.get("callback_url", ""),
             created_at=data.get("created_at", ""),
             enqueued_ts=float(data.get("enqueued_ts") or 0),
             started_at=data.get("started_at") or None,
@@ -132,6 +145,7 @@ class JobStore:
         self.ttl = ttl_seconds
         self._finish = client.register_script(_FINISH_SCRIPT)
         self._start = client.register_script(_START_SCRIPT)
+        self._cancel = client.register_script(_CANCEL_SCRIPT)
 
     def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
         """Write a new record; given a pipeline, only queue the commands on it (the caller executes)."""
@@ -144,6 +158,7 @@ class JobStore:
             "texts": json.dumps(record.texts or []),
             "status": record.status,
             "owner": record.owner,
+            **({"callback_url": record.callback_url} if record.callback_url else {}),
             "created_at": record.created_at,
             "enqueued_ts": repr(record.enqueued_ts),
         })
@@ -196,6 +211,11 @@ class JobStore:
             self._finish(keys=[job_key(job_id), done_channel(job_id)],
                          args=[status, now, payload, error or "", self.ttl, PENDING_PREFIX, job_id], client=pipe)
         pipe.execute()
+
+    def cancel(self, job_id: str) -> tuple[bool, str | None]:
+        """Cancel the job if it is still queued: (True, "canceled"), else (False, its status or None if unknown)."""
+        found = self._cancel(keys=[job_key(job_id), done_channel(job_id)], args=[utc_now(), PENDING_PREFIX, job_id])
+        return (True, CANCELED) if found == 1 else (False, found)
 
     def wait_until_finished(self, job_id: str, timeout: float) -> JobRecord | None:
         """Return the record as soon as it finishes or after `timeout` seconds (pub/sub, no polling loop)."""

@@ -54,8 +54,9 @@ class RedisServer:
 
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MODEL", "WORKER_", "RATE_", "API_KEYS", "BATCH_", "CACHE_", "PROMETHEUS_"))}
-    env.update({"REDIS_URL": redis_url, "RATE_LIMITER": "off", "LOG_LEVEL": "INFO",
+           if not k.startswith(("MODEL", "WORKER_", "RATE_", "READ_RATE_", "API_KEYS", "BATCH_", "CACHE_",
+                                 "PROMETHEUS_", "WEBHOOK_"))}
+    env.update({"REDIS_URL": redis_url, "RATE_LIMITER": "off", "READ_RATE_LIMITER": "off", "LOG_LEVEL": "INFO",
                 "WORKER_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in overrides.items()})
     return env

@@ -129,7 +129,8 @@ CASES = [
     get_job("?wait infinite", UNKNOWN_JOB, 400, "invalid_request", ("wait",), {"wait": "inf"}),
     # Methods and paths that do not exist
     Case("GET /generate", "/generate", 405, "method_not_allowed", method="GET", headers={}),
-    Case("DELETE a job", f"/jobs/{UNKNOWN_JOB}", 405, "method_not_allowed", method="DELETE", headers={}),
+    Case("PUT a job", f"/jobs/{UNKNOWN_JOB}", 405, "method_not_allowed", method="PUT", headers={}),
+    Case("DELETE an unknown job", f"/jobs/{UNKNOWN_JOB}", 404, "not_found", method="DELETE", headers={}),
     Case("unknown path", "/admin", 404, "not_found", method="GET", headers={}),
 ]
 

@@ -1,5 +1,7 @@
 """Rate limits and API keys against live gunicorn APIs (2 processes each), private Redis, a real worker.
 
+Each API has the same limit for both budgets (RATE_LIMITER for submissions, READ_RATE_LIMITER for reads).
+
 Three APIs share the session's job Redis and one private limiter Redis (a DB each):
 - `ip_api`: RATE_LIMITER per client IP, no trusted proxy; also the limiter-storage outage test (last).
 - `proxied_api`: the same behind TRUSTED_PROXIES=1, where X-Forwarded-For names the client.
@@ -22,7 +24,7 @@ from tests.support import RedisServer, base_env, start_api, start_worker, wait_u
 
 LIMIT = 5  # ip_api and proxied_api
 KEYED_LIMIT = 30  # keyed_api: room for the 401 matrix below within one IP budget
-EXEMPT = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+EXEMPT = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/", "/static/app.js")
 # gunicorn access-log lines that name the worker process answering each request.
 ACCESS_FORMAT = "ACCESS %(p)s %(m)s %(U)s %(s)s"
 ACCESS_LINE = re.compile(r"^ACCESS <(\d+)> (\S+) (\S+) (\d+)$", re.M)
@@ -71,6 +73,7 @@ def api_env(redis_server, limits_redis, tiny_multilabel_model):
 
     def env(db: int, rate: str, **overrides) -> dict:
         return base_env(redis_server.url, MODELS=f"tiny={tiny_multilabel_model}", RATE_LIMITER=rate,
+                        READ_RATE_LIMITER=rate,
                         RATE_LIMIT_STORAGE_URL=limits_redis.url.rsplit("/", 1)[0] + f"/{db}",
                         GUNICORN_ACCESS_LOG="-", GUNICORN_CMD_ARGS=f"--access-logformat '{ACCESS_FORMAT}'",
                         **overrides)
@@ -113,10 +116,31 @@ def test_over_the_limit_is_429_json_with_retry_after_and_ratelimit_headers(ip_ap
     assert [r.headers["X-RateLimit-Remaining"] for r in accepted] == [str(n) for n in range(LIMIT - 1, -1, -1)]
     assert all(r.headers["X-RateLimit-Limit"] == str(LIMIT) for r in accepted)
     assert_rate_limited(post_job(ip_api.url), LIMIT)
-    # One budget per client across the limited endpoints.
-    assert_rate_limited(get_unknown_job(ip_api.url), LIMIT)
+    # One submission budget per client across the submitting endpoints.
     assert_rate_limited(requests.post(ip_api.url + "/v1/moderations", json={"input": "x"}, timeout=10), LIMIT)
+    assert_rate_limited(requests.delete(f"{ip_api.url}/jobs/{uuid.uuid4()}", timeout=10), LIMIT)
+
+
+def test_exhausting_submissions_does_not_throttle_reads(ip_api):
+    job_id = post_job(ip_api.url).json()["job_id"]
+    for _ in range(LIMIT - 1):
+        post_job(ip_api.url)
+    assert_rate_limited(post_job(ip_api.url), LIMIT)
+    # Polling has its own budget: a client that just spent its submissions can still read its jobs.
+    polled = [requests.get(f"{ip_api.url}/jobs/{job_id}", timeout=10) for _ in range(LIMIT - 2)]
+    assert [r.status_code for r in polled] == [200] * (LIMIT - 2)
+    assert polled[0].headers["X-RateLimit-Remaining"] == str(LIMIT - 1)
+    assert requests.get(ip_api.url + "/models", timeout=10).status_code == 200
+    assert requests.get(ip_api.url + "/queue", timeout=10).status_code == 200
+    assert_rate_limited(requests.get(f"{ip_api.url}/jobs/{job_id}", timeout=10), LIMIT)
+
+
+def test_exhausting_reads_does_not_throttle_submissions(ip_api):
+    assert [get_unknown_job(ip_api.url).status_code for _ in range(LIMIT)] == [404] * LIMIT
+    assert_rate_limited(get_unknown_job(ip_api.url), LIMIT)
     assert_rate_limited(requests.get(ip_api.url + "/models", timeout=10), LIMIT)
+    accepted = post_job(ip_api.url)
+    assert accepted.status_code == 202 and accepted.headers["X-RateLimit-Remaining"] == str(LIMIT - 1)
 
 
 def test_health_metrics_and_openapi_are_exempt(ip_api):
@@ -181,7 +205,7 @@ def test_with_one_trusted_proxy_each_forwarded_client_has_its_own_budget(proxied
 def test_job_endpoints_refuse_missing_or_wrong_keys_with_401_json(keyed_api):
     job_id = post_job(keyed_api.url, bearer("alice-key")).json()["job_id"]
     calls = [("post", "/generate", {"input_text": "hi"}), ("get", f"/jobs/{job_id}", None),
-             ("post", "/v1/moderations", {"input": "hi"})]
+             ("post", "/v1/moderations", {"input": "hi"}), ("delete", f"/jobs/{job_id}", None)]
     wrong = [{}, bearer("wrong-key"), bearer("alice-key-x"), bearer("alice"), bearer("ALICE-KEY"),
              {"Authorization": "alice-key"}, {"Authorization": "Basic YWxpY2Uta2V5Og=="}, {"Authorization": "Bearer "}]
     for method, path, body in calls:

@@ -11,10 +11,9 @@ import pytest
 
 import api
 from api.limits import parse_limits
-from api.openapi import build_openapi
 from api.schemas import NOT_BLANK, build_schemas
 from api.validation import _field_path
-from shared.config import DEFAULT_RATE_LIMITER, ConfigError, load_settings
+from shared.config import DEFAULT_RATE_LIMITER, DEFAULT_READ_RATE_LIMITER, ConfigError, load_settings
 
 SCHEMAS = build_schemas(max_items=3, max_chars=10, max_wait=5, model_names=("tiny",))
 
@@ -24,7 +23,7 @@ def client(redis_client, redis_server, tiny_multilabel_model):
     """An in-process app on the private Redis (flushed), built from an environment like the real one."""
     def make(**env):
         settings = load_settings({"REDIS_URL": redis_server.url, "MODELS": f"tiny={tiny_multilabel_model}",
-                                  "RATE_LIMITER": "off", **env})
+                                  "RATE_LIMITER": "off", "READ_RATE_LIMITER": "off", **env})
         return api.create_app(settings).test_client()
     return make
 
@@ -49,6 +48,24 @@ def test_default_rate_limit_is_valid_flask_limiter_syntax():
 def test_malformed_rate_limiter_fails_at_start_up(client, raw):
     with pytest.raises(ConfigError, match="RATE_LIMITER"):
         client(RATE_LIMITER=raw)
+
+
+def test_reads_have_their_own_budget_setting():
+    assert load_settings({}).read_rate_limiter == DEFAULT_READ_RATE_LIMITER != DEFAULT_RATE_LIMITER
+    assert load_settings({"READ_RATE_LIMITER": "off", "RATE_LIMITER": "5/minute"}).read_rate_limiter == ""
+    assert load_settings({"READ_RATE_LIMITER": "10/second"}).rate_limiter == DEFAULT_RATE_LIMITER
+
+
+def test_malformed_read_rate_limiter_fails_at_start_up(client):
+    with pytest.raises(ConfigError, match="READ_RATE_LIMITER"):
+        client(READ_RATE_LIMITER="5 per fortnight")
+
+
+def test_webhooks_need_a_secret_with_the_allowlist():
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+        load_settings({"WEBHOOK_ALLOWED_HOSTS": "hooks.example.com"})
+    settings = load_settings({"WEBHOOK_ALLOWED_HOSTS": "Hooks.Example.com, 127.0.0.1", "WEBHOOK_SECRET": "s"})
+    assert settings.webhook_allowed_hosts == {"hooks.example.com", "127.0.0.1"}
 
 
 @pytest.mark.parametrize("raw, error", [("one", "must be an integer"), ("-1", "must be >= 0")])
@@ -77,7 +94,7 @@ def test_bearer_key_checks(client):
 
 
 def test_429_body_and_headers_in_process(client):
-    app = client(RATE_LIMITER="2/minute", RATE_LIMIT_STORAGE_URL="memory://")
+    app = client(READ_RATE_LIMITER="2/minute", RATE_LIMIT_STORAGE_URL="memory://")
     assert [app.get("/models").status_code for _ in range(2)] == [200, 200]
     limited = app.get("/models")
     assert limited.status_code == 429
@@ -122,9 +139,20 @@ BODIES = [
 ]
 
 
+def served_document(client, **env) -> dict:
+    """/openapi.json of an app whose limits match SCHEMAS."""
+    return client(MAX_BATCH_ITEMS="3", MAX_TEXT_CHARS="10", MAX_WAIT_SECONDS="5", **env).get("/openapi.json").json
+
+
+@pytest.fixture(scope="module")
+def document(redis_server, tiny_multilabel_model):
+    settings = load_settings({"REDIS_URL": redis_server.url, "MODELS": f"tiny={tiny_multilabel_model}",
+                              "MAX_BATCH_ITEMS": "3", "MAX_TEXT_CHARS": "10", "MAX_WAIT_SECONDS": "5"})
+    return api.create_app(settings).test_client().get("/openapi.json").json
+
+
 @pytest.mark.parametrize("body", BODIES, ids=[str(b)[:40] for b in BODIES])
-def test_generate_schema_in_openapi_accepts_exactly_what_the_api_accepts(body):
-    document = build_openapi(SCHEMAS)
+def test_generate_schema_in_openapi_accepts_exactly_what_the_api_accepts(document, body):
     schema = _inline_refs(document["components"]["schemas"]["GenerateRequest"], document["components"]["schemas"])
     documented_ok = jsonschema_rs.Draft202012Validator(schema).is_valid(body)
     try:
@@ -145,9 +173,11 @@ def _inline_refs(node, defs):
     return node
 
 
-def test_openapi_limits_follow_settings_and_auth():
-    document = build_openapi(SCHEMAS, auth_required=True)
-    wait = next(p for p in document["paths"]["/jobs/{job_id}"]["get"]["parameters"] if p["name"] == "wait")
+def test_openapi_limits_follow_settings_and_auth(client, document):
+    keyed = served_document(client, API_KEYS="k")
+    wait = next(p for p in keyed["paths"]["/jobs/{job_id}"]["get"]["parameters"] if p["name"] == "wait")
     assert wait["schema"]["maximum"] == 5
-    assert document["paths"]["/v1/moderations"]["post"]["security"] == [{"bearer": []}]
-    assert "security" not in build_openapi(SCHEMAS)["paths"]["/generate"]["post"]
+    assert keyed["paths"]["/v1/moderations"]["post"]["security"] == [{"bearer": []}]
+    assert "401" in keyed["paths"]["/generate"]["post"]["responses"]
+    assert "security" not in document["paths"]["/generate"]["post"]
+    assert "401" not in document["paths"]["/generate"]["post"]["responses"]

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import socket
+import subprocess
 import sys
 
 from celery import signals
@@ -70,8 +71,13 @@ def main(argv: list[str]) -> int:
     client = make_redis(settings)
     background = [Heartbeat(client, hostname, models),
                   RedeliverySweeper(client, runtime.store, celery_app, hostname, models)]
+    # Webhook deliveries run in their own small process (worker/webhooks.py), never on the batch threads.
+    webhooks = subprocess.Popen([sys.executable, "-m", "worker.webhooks"]) if settings.webhook_allowed_hosts \
+        else None
     signals.worker_ready.connect(lambda **_: [task.start() for task in background], weak=False)
     signals.worker_shutting_down.connect(lambda **_: [task.stop() for task in background], weak=False)
+    if webhooks:
+        signals.worker_shutting_down.connect(lambda **_: webhooks.terminate(), weak=False)
 
     queues = ",".join(queue_for_model(m) for m in models)
     celery_app.worker_main([
@@ -79,6 +85,9 @@ def main(argv: list[str]) -> int:
         "--queues", queues, "--hostname", hostname, "--without-mingle", "--without-gossip",
         "--loglevel", os.environ.get("LOG_LEVEL", "INFO"), *argv,
     ])
+    if webhooks:
+        webhooks.terminate()
+        webhooks.wait(30)
     return 0
 
 

@@ -11,8 +11,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from shared.celery_app import celery_app
 from shared.jobs import FINISHED
 from worker import metrics
+from worker.followups import after_batch
 from worker.inference import PassStats
 from worker.policy import moderation_result
 from worker.runtime import ServedModel, WorkerRuntime
@@ -126,6 +128,7 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
         outcomes.extend(score_jobs(runtime.models[model], model_jobs, settings))
 
     store.finish_many(outcomes)
+    after_batch(store.redis, celery_app, {job.job_id: job.model for job in live}, outcomes)
     for job in live:
         done_request_ids.append(job.request_id)
     _count_outcomes(live, outcomes)

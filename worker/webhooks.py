@@ -1,0 +1,104 @@
+"""Webhook deliveries: `python -m worker.webhooks` runs a small Celery worker on the `webhooks` queue.
+
+`python -m worker` starts it as a child process when WEBHOOK_ALLOWED_HOSTS is set; it loads no model,
+and its threads are its own, so a slow or dead receiver never holds up a moderation batch. Each
+delivery POSTs the job (the body of GET /jobs/<id>, serialised by the same pydantic model), signed with
+WEBHOOK_SECRET; a failure (connection error, timeout, non-2xx) is retried by Celery with exponential
+backoff (1, 2, 4 ... 60 s, with jitter) up to WEBHOOK_MAX_RETRIES times, then dropped with a log line.
+The job itself is already stored: a delivery never changes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from functools import cache
+
+import requests
+from celery.utils.time import get_exponential_backoff_interval
+
+from shared import __version__
+from shared.celery_app import celery_app
+from shared.config import get_settings
+from shared.jobs import JobStore
+from shared.redis_client import make_redis
+from shared.schemas import Job
+from shared.webhooks import (
+    SIGNATURE_HEADER,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+    CallbackRefused,
+    check_callback_url,
+    signature,
+)
+
+log = logging.getLogger(__name__)
+BACKOFF_MAX_SECONDS = 60
+
+
+class DeliveryFailed(Exception):
+    pass
+
+
+@cache
+def _store() -> JobStore:
+    settings = get_settings()
+    return JobStore(make_redis(settings), settings.result_ttl)
+
+
+def deliver(job_id: str) -> str:
+    """POST the job to its callback_url once; raises DeliveryFailed when the receiver did not take it."""
+    settings = get_settings()
+    record = _store().get(job_id)
+    if record is None or not record.callback_url:
+        return "expired"
+    try:
+        url = check_callback_url(record.callback_url, settings.webhook_allowed_hosts)
+    except CallbackRefused as exc:
+        log.warning("job %s: not calling %s: %s", job_id, record.callback_url, exc)
+        return "refused"
+    body = Job.of(record).model_dump_json().encode()
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(body, settings.webhook_secret),
+               "User-Agent": f"moderation-webhooks/{__version__}"}
+    try:
+        # No redirects: a receiver must not bounce the call to a host outside the allowlist.
+        response = requests.post(url, data=body, headers=headers, timeout=settings.webhook_timeout,
+                                 allow_redirects=False)
+    except requests.RequestException as exc:
+        raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
+    if not 200 <= response.status_code < 300:
+        raise DeliveryFailed(f"the receiver answered {response.status_code}")
+    return "delivered"
+
+
+@celery_app.task(name=WEBHOOK_TASK, bind=True, acks_late=True)
+def deliver_webhook(self, job_id: str) -> str:
+    try:
+        return deliver(job_id)
+    except DeliveryFailed as exc:
+        retries = get_settings().webhook_max_retries
+        if self.request.retries >= retries:
+            log.error("job %s: webhook not delivered after %d tries, giving up: %s", job_id, retries + 1, exc)
+            return "failed"
+        countdown = get_exponential_backoff_interval(1, self.request.retries, BACKOFF_MAX_SECONDS, full_jitter=True)
+        log.warning("job %s: webhook delivery failed (%s); retry %d in %ss", job_id, exc, self.request.retries + 1,
+                    countdown)
+        raise self.retry(countdown=countdown, max_retries=retries) from None
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    celery_app.worker_main([
+        "worker", "--pool", "threads", "--concurrency", str(settings.webhook_concurrency),
+        "--queues", WEBHOOK_QUEUE, "--hostname", f"webhooks-{os.getpid()}@{socket.gethostname()}",
+        "--without-mingle", "--without-gossip", "--loglevel", os.environ.get("LOG_LEVEL", "INFO"), *argv,
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

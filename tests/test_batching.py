@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared import metrics as names
+from tests import scrape
 from tests.conftest import MULTI_LABELS
 from tests.support import base_env, start_api, start_worker, wait_for_job
 from tests.tiny_models import WORDS
@@ -39,14 +39,11 @@ def make_texts(rng: random.Random, count: int) -> list[str]:
 
 
 def worker_samples(stack) -> dict[tuple[str, tuple], float]:
-    """The worker's /metrics as {(sample name, sorted labels): value}."""
-    text = requests.get(stack["metrics"], timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return scrape.worker_samples(stack["metrics"])
 
 
 def metric(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted({"model": "tiny", **labels}.items()))), 0.0)
+    return scrape.metric(samples, name, "tiny", **labels)
 
 
 def submit(stack, texts: list[str]) -> dict:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import math
 import random
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from shared import metrics as names
+from shared.celery_app import make_celery
+from shared.config import load_settings
+from shared.queue_stats import queue_depth
+from shared.queues import queue_for_model
 from tests import scrape
 from tests.conftest import MULTI_LABELS
-from tests.support import base_env, start_api, start_worker, wait_for_job
+from tests.support import base_env, start_api, start_worker, wait_for_job, wait_until
 from tests.tiny_models import WORDS
 from worker.inference import TextClassifier
 
@@ -28,7 +33,8 @@ def stack(redis_server, tiny_multilabel_model, tmp_path_factory):
     api = start_api(env, logs / "api.log")
     worker = start_worker(env, logs / "worker.log", models=["tiny"])
     yield {"api": api.url, "metrics": f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics",
-           "model": TextClassifier(str(tiny_multilabel_model), device="cpu", threads=1)}
+           "model": TextClassifier(str(tiny_multilabel_model), device="cpu", threads=1),
+           "env": env, "worker": worker, "redis": redis_server.client()}
     worker.stop()
     api.stop()
 
@@ -99,12 +105,22 @@ def test_a_repeated_text_is_answered_from_the_cache_with_the_same_scores(stack):
 
 
 def test_jobs_arriving_together_share_forward_passes(stack):
+    """A real backlog, not jobs that happen to arrive within BATCH_MAX_WAIT_MS of each other: the worker
+    stops consuming the queue (Celery's cancel_consumer), all jobs are enqueued, and it starts again."""
     texts = make_texts(random.Random(7), 64)
+    queue = queue_for_model("tiny")
+    control = make_celery(load_settings(stack["env"])).control
+    worker = [f"moderation-{stack['worker'].process.pid}@{socket.gethostname()}"]
     before = worker_samples(stack)
-    with requests.Session() as session:
-        # Enqueue everything first (no wait=), so the worker finds a backlog to batch.
-        ids = [session.post(stack["api"] + "/generate", json={"input_text": text}, timeout=10).json()["job_id"]
-               for text in texts]
+    assert control.cancel_consumer(queue, destination=worker, reply=True, timeout=10), "no reply from the worker"
+    try:
+        with requests.Session() as session:
+            ids = [session.post(stack["api"] + "/generate", json={"input_text": text}, timeout=10).json()["job_id"]
+                   for text in texts]
+        wait_until(lambda: queue_depth(stack["redis"], queue) == len(texts), timeout=30,
+                   what="every job to wait in the queue")
+    finally:
+        assert control.add_consumer(queue, destination=worker, reply=True, timeout=10), "no reply from the worker"
     with ThreadPoolExecutor(max_workers=16) as pool:
         finished = list(pool.map(lambda job_id: wait_for_job(stack["api"], job_id), ids))
     after = worker_samples(stack)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 import random
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from shared import metrics as names
-from shared.celery_app import make_celery
-from shared.config import load_settings
 from shared.queue_stats import queue_depth
 from shared.queues import queue_for_model
 from tests import scrape
+from tests.celery_control import consumer_paused
 from tests.conftest import MULTI_LABELS
 from tests.support import base_env, start_api, start_worker, wait_for_job, wait_until
 from tests.tiny_models import WORDS
@@ -109,18 +107,13 @@ def test_jobs_arriving_together_share_forward_passes(stack):
     stops consuming the queue (Celery's cancel_consumer), all jobs are enqueued, and it starts again."""
     texts = make_texts(random.Random(7), 64)
     queue = queue_for_model("tiny")
-    control = make_celery(load_settings(stack["env"])).control
-    worker = [f"moderation-{stack['worker'].process.pid}@{socket.gethostname()}"]
     before = worker_samples(stack)
-    assert control.cancel_consumer(queue, destination=worker, reply=True, timeout=10), "no reply from the worker"
-    try:
+    with consumer_paused(stack["env"], stack["worker"].process.pid, queue):
         with requests.Session() as session:
             ids = [session.post(stack["api"] + "/generate", json={"input_text": text}, timeout=10).json()["job_id"]
                    for text in texts]
         wait_until(lambda: queue_depth(stack["redis"], queue) == len(texts), timeout=30,
                    what="every job to wait in the queue")
-    finally:
-        assert control.add_consumer(queue, destination=worker, reply=True, timeout=10), "no reply from the worker"
     with ThreadPoolExecutor(max_workers=16) as pool:
         finished = list(pool.map(lambda job_id: wait_for_job(stack["api"], job_id), ids))
     after = worker_samples(stack)

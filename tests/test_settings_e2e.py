@@ -27,11 +27,14 @@ from shared import metrics as names
 from shared.celery_app import make_celery
 from shared.config import load_settings
 from shared.jobs import KEY_PREFIX, pending_key
+from shared.queue_stats import queue_depth
 from shared.queues import publish_job, queue_for_model
 from tests import scrape
+from tests.celery_control import consumer_paused
 from tests.conftest import KNOWN_MULTI, MULTI_LABELS
 from tests.support import base_env, free_port, start_api, start_worker, wait_for_job, wait_until
 from tests.tiny_models import build_tiny_model
+from worker.redelivery import UNACKED_HASH
 
 SHORT_TTL, SHORT_TIMEOUT = 4, 2
 CACHE_PREFIX = "moderation:cache:"  # worker/cache.py
@@ -270,6 +273,31 @@ def test_a_duplicate_delivery_of_a_finished_job_is_skipped(stack):
     for name, labels in ((names.JOBS_COMPLETED_TOTAL, {"status": "succeeded"}), (names.BATCH_SIZE + "_count", {}),
                          (names.TEXTS_PROCESSED_TOTAL, {})):
         assert scrape.metric(after, name, "known", **labels) == scrape.metric(before, name, "known", **labels), name
+
+
+def test_duplicate_messages_of_a_queued_job_run_it_once(stack):
+    """Two copies of one job's message waiting together (a re-publish racing the original) reach the
+    worker as a backlog, most likely in one batch: the job is scored and counted once."""
+    worker = stack.worker_with(SHORT_CACHE)
+    text = unique("you idiot")
+    queue = queue_for_model("known")
+    before = stack.metrics()
+    with consumer_paused(stack.env, worker.process.pid, queue):
+        response, _ = post(stack.api.url, "/generate", {"input_text": text})
+        job_id = response.json()["job_id"]
+        publish_job(make_celery(load_settings(stack.env)), job_id, "known", [text], time.time())
+        wait_until(lambda: queue_depth(stack.redis, queue) == 2, timeout=30, what="both copies in the queue")
+    job = wait_for_job(stack.api.url, job_id)
+    assert job["status"] == "succeeded"
+    assert_known_scores(job["results"][0], text)
+    wait_until(lambda: queue_depth(stack.redis, queue) == 0 and not stack.redis.hlen(UNACKED_HASH), timeout=30,
+               what="both copies taken and acknowledged")
+    after = stack.metrics()
+    for name, labels in ((names.JOBS_COMPLETED_TOTAL, {"status": "succeeded"}), (names.TEXTS_PROCESSED_TOTAL, {}),
+                         (names.BATCH_SIZE + "_sum", {})):
+        grew = scrape.metric(after, name, "known", **labels) - scrape.metric(before, name, "known", **labels)
+        assert grew == 1, (name, grew)
+    assert requests.get(f"{stack.api.url}/jobs/{job_id}", timeout=5).json() == job
 
 
 # --- worker: MODEL_THRESHOLDS override, WORKER_METRICS_PORT=0, RESULT_TTL=4 -------------------------

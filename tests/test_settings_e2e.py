@@ -53,12 +53,14 @@ class Stack:
         self.env = base_env(redis_server.url, MODELS=",".join(f"{n}={p}" for n, p in paths.items()),
                             DEFAULT_MODEL="known", WORKER_MODELS="known,fragile")
         self.apis = []
-        self.api = self.start_api("api", self.env)
-        self.short_api = self.start_api("short-api", {**self.env, "RESULT_TTL": str(SHORT_TTL),
-                                                      "MODERATIONS_TIMEOUT": str(SHORT_TIMEOUT)})
         self.worker = None
         self.worker_settings: dict | None = None
         self.workers_started = 0
+
+    def start(self):
+        self.api = self.start_api("api", self.env)
+        self.short_api = self.start_api("short-api", {**self.env, "RESULT_TTL": str(SHORT_TTL),
+                                                      "MODERATIONS_TIMEOUT": str(SHORT_TIMEOUT)})
 
     def start_api(self, name: str, env: dict):
         api = start_api(env, self.logs / f"{name}.log", workers=1)
@@ -100,6 +102,7 @@ def stack(redis_server, known_multilabel_model, tmp_path_factory):
     paths = {"known": known_multilabel_model, "fragile": fragile, "idle": known_multilabel_model}
     stack = Stack(redis_server, paths, tmp_path_factory.mktemp("settings-logs"))
     try:
+        stack.start()
         yield stack
     finally:
         stack.stop()

@@ -5,10 +5,28 @@ from __future__ import annotations
 import pytest
 
 from tests.support import RedisServer
-from tests.tiny_models import build_tiny_model
+from tests.tiny_models import KnownModel, build_known_model, build_tiny_model, logit
 
 MULTI_LABELS = ["hate", "harassment", "violence"]
 SINGLE_LABELS = ["OK", "toxic", "insult"]
+
+# Known scores (see tests/tiny_models.py). Multi-label: each label has a marker word that lifts it from a
+# low score to a chosen one; hate lands between 0.4 and 0.6 (config.json says 0.6, so only a lower
+# MODEL_THRESHOLDS override flags it), harassment at 0.35 (flagged only through config.json's 0.3).
+KNOWN_MULTI = KnownModel(
+    labels=tuple(MULTI_LABELS), multi_label=True,
+    base={"hate": logit(0.10), "harassment": logit(0.05), "violence": logit(0.20)},
+    markers={"hate": {"hate": logit(0.45) - logit(0.10)},
+             "idiot": {"harassment": logit(0.35) - logit(0.05)},
+             "kill": {"violence": logit(0.90) - logit(0.20)}},
+    thresholds={"hate": 0.6, "harassment": 0.3},
+)
+# Single-label (softmax): "OK" (a safe label) is on top unless "kill" (toxic) or "idiot" (insult) occurs.
+KNOWN_SINGLE = KnownModel(
+    labels=tuple(SINGLE_LABELS), multi_label=False,
+    base={"OK": 2.0},
+    markers={"kill": {"OK": -2.0, "toxic": 2.0}, "idiot": {"OK": -2.0, "insult": 2.0}},
+)
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +52,13 @@ def tiny_multilabel_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_singlelabel_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny-sl"), SINGLE_LABELS, multi_label=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def known_multilabel_model(tmp_path_factory):
+    return build_known_model(tmp_path_factory.mktemp("known-ml"), KNOWN_MULTI)
+
+
+@pytest.fixture(scope="session")
+def known_singlelabel_model(tmp_path_factory):
+    return build_known_model(tmp_path_factory.mktemp("known-sl"), KNOWN_SINGLE)

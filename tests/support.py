@@ -148,12 +148,16 @@ def start_api(env: dict, log_path: Path, workers: int = 2, app: str = "api:creat
 
 
 def wait_for_job(api_url: str, job_id: str, timeout: float = 60, headers: dict | None = None) -> dict:
-    """Follow a job with the API's own long-poll (?wait=) until it finishes."""
+    """Follow a job with the API's own long-poll (?wait=) until it finishes; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
-        body = requests.get(f"{api_url}/jobs/{job_id}", params={"wait": 10}, headers=headers, timeout=15).json()
-        if body.get("status") in ("succeeded", "failed") or time.monotonic() > deadline:
+        wait = max(0.0, min(10.0, deadline - time.monotonic()))
+        body = requests.get(f"{api_url}/jobs/{job_id}", params={"wait": f"{wait:.2f}"}, headers=headers,
+                            timeout=wait + 15).json()
+        if body.get("status") in ("succeeded", "failed"):
             return body
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"job {job_id} not finished after {timeout:g}s; last answer: {body}")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "a condition"):

@@ -8,11 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared import metrics as names
+from shared.queue_stats import queue_depth
+from shared.queues import queue_for_model
+from tests import scrape
+from tests.celery_control import consumer_paused
 from tests.conftest import MULTI_LABELS
-from tests.support import base_env, start_api, start_worker, wait_for_job
+from tests.support import base_env, start_api, start_worker, wait_for_job, wait_until
 from tests.tiny_models import WORDS
 from worker.inference import TextClassifier
 
@@ -28,7 +31,8 @@ def stack(redis_server, tiny_multilabel_model, tmp_path_factory):
     api = start_api(env, logs / "api.log")
     worker = start_worker(env, logs / "worker.log", models=["tiny"])
     yield {"api": api.url, "metrics": f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics",
-           "model": TextClassifier(str(tiny_multilabel_model), device="cpu", threads=1)}
+           "model": TextClassifier(str(tiny_multilabel_model), device="cpu", threads=1),
+           "env": env, "worker": worker, "redis": redis_server.client()}
     worker.stop()
     api.stop()
 
@@ -39,14 +43,11 @@ def make_texts(rng: random.Random, count: int) -> list[str]:
 
 
 def worker_samples(stack) -> dict[tuple[str, tuple], float]:
-    """The worker's /metrics as {(sample name, sorted labels): value}."""
-    text = requests.get(stack["metrics"], timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return scrape.worker_samples(stack["metrics"])
 
 
 def metric(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted({"model": "tiny", **labels}.items()))), 0.0)
+    return scrape.metric(samples, name, "tiny", **labels)
 
 
 def submit(stack, texts: list[str]) -> dict:
@@ -102,12 +103,17 @@ def test_a_repeated_text_is_answered_from_the_cache_with_the_same_scores(stack):
 
 
 def test_jobs_arriving_together_share_forward_passes(stack):
+    """A real backlog, not jobs that happen to arrive within BATCH_MAX_WAIT_MS of each other: the worker
+    stops consuming the queue (Celery's cancel_consumer), all jobs are enqueued, and it starts again."""
     texts = make_texts(random.Random(7), 64)
+    queue = queue_for_model("tiny")
     before = worker_samples(stack)
-    with requests.Session() as session:
-        # Enqueue everything first (no wait=), so the worker finds a backlog to batch.
-        ids = [session.post(stack["api"] + "/generate", json={"input_text": text}, timeout=10).json()["job_id"]
-               for text in texts]
+    with consumer_paused(stack["env"], stack["worker"].process.pid, queue):
+        with requests.Session() as session:
+            ids = [session.post(stack["api"] + "/generate", json={"input_text": text}, timeout=10).json()["job_id"]
+                   for text in texts]
+        wait_until(lambda: queue_depth(stack["redis"], queue) == len(texts), timeout=30,
+                   what="every job to wait in the queue")
     with ThreadPoolExecutor(max_workers=16) as pool:
         finished = list(pool.map(lambda job_id: wait_for_job(stack["api"], job_id), ids))
     after = worker_samples(stack)

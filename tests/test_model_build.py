@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -21,17 +20,15 @@ PLAIN_SENTENCES = [
 @pytest.fixture(scope="module")
 def built_model(tmp_path_factory):
     output = tmp_path_factory.mktemp("model") / "moderation-minilm"
-    started = time.time()
     result = subprocess.run([sys.executable, "-m", "model.build", "--output", str(output)],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
-    return {"path": result.stdout.strip().splitlines()[-1], "seconds": time.time() - started,
-            "requested": str(output)}
+    return {"path": result.stdout.strip().splitlines()[-1], "requested": str(output)}
 
 
-def test_build_prints_the_folder_quickly(built_model):
+def test_build_prints_the_folder(built_model):
+    # How long it takes is a figure of `python -m bench.model_build`, not a check here.
     assert os.path.samefile(built_model["path"], built_model["requested"])
     assert os.path.isabs(built_model["path"])
-    assert built_model["seconds"] < 60
     for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "README.md"):
         assert os.path.isfile(os.path.join(built_model["path"], name)), name
 

@@ -49,6 +49,7 @@ def timed(method: str, url: str, **kwargs) -> tuple[requests.Response, float]:
 
 def assert_unavailable_fast(stack, job_id: str) -> None:
     for method, path, kwargs in [("POST", "/generate", {"json": {"input_text": "hello"}}),
+                                 ("POST", "/v1/moderations", {"json": {"input": "hello"}}),
                                  ("GET", f"/jobs/{job_id}", {}),
                                  ("GET", f"/jobs/{job_id}", {"params": {"wait": 5}})]:
         response, seconds = timed(method, stack.url + path, **kwargs)

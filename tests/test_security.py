@@ -275,6 +275,8 @@ def test_limiter_storage_down_falls_back_to_per_process_memory(ip_api, limits_re
         for _ in range(4 * LIMIT):
             started = time.monotonic()
             response = get_unknown_job(ip_api.url)
+            # Not a speed goal: the promise is that no request fails or hangs on the dead limiter storage.
+            # Generous: a refused connection costs ~0 s, REDIS_SOCKET_TIMEOUT at most 1 s per attempt.
             assert time.monotonic() - started < 5
             assert response.status_code in (404, 429), response.text
             if response.status_code == 429:

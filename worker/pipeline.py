@@ -109,15 +109,18 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
             if exc.job_id:
                 outcomes.append((exc.job_id, None, str(exc)))
 
-    # Skip jobs that already finished (a redelivered duplicate) or whose record expired.
+    # Skip jobs that already finished (a redelivered duplicate) or whose record expired, and a second
+    # copy of a job's message in this same batch (a re-publish racing the original): run each job once.
     states = store.states([job.job_id for job in jobs])
-    live = []
+    live, live_ids = [], set()
     for job, (status, enqueued_ts) in zip(jobs, states):
-        if status is None or status in FINISHED:
-            log.info("job %s is %s; skipping", job.job_id, status or "unknown (expired)")
+        if status is None or status in FINISHED or job.job_id in live_ids:
+            log.info("job %s is %s; skipping", job.job_id,
+                     "already in this batch" if job.job_id in live_ids else status or "unknown (expired)")
             done_request_ids.append(job.request_id)
         else:
             live.append(job)
+            live_ids.add(job.job_id)
             metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, time.time() - float(enqueued_ts or 0)))
     store.mark_running([job.job_id for job in live])
 

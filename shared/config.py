@@ -135,6 +135,9 @@ class Settings:
     worker_concurrency: int = 1
     worker_metrics_port: int = 9101
     visibility_timeout: int = 300
+    max_deliveries: int = 3
+    # Test-only: a worker whose job contains this text kills its own process (tests/test_poison.py).
+    test_crash_on_text: str = ""
 
     @property
     def model_names(self) -> list[str]:
@@ -186,6 +189,8 @@ def load_settings(environ: dict | None = None) -> Settings:
         worker_concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1),
         worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 9101),
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),
+        max_deliveries=_int(env, "MAX_DELIVERIES", 3, 1),
+        test_crash_on_text=env.get("TEST_CRASH_ON_TEXT", ""),
     )
 
 

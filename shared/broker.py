@@ -1,0 +1,86 @@
+"""What the API and the worker read from the broker: queue depth and oldest-job age.
+
+Everything here talks to the broker's own connection (CELERY_BROKER_URL), never to the job-record
+Redis (REDIS_URL), which may be another server.
+- Redis broker: Celery's lists, read with a Redis client on the broker's URL (shared/queue_stats.py).
+- RabbitMQ: a passive queue_declare answers the number of ready messages; RabbitMQ keeps no
+  enqueue time we can read without consuming, so the age is that of the oldest unfinished job in
+  our own enqueue-time index (the queue's pending set in the record Redis, shared/jobs.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import amqp.exceptions
+import kombu.exceptions
+import redis
+from celery import Celery
+
+from shared.celery_app import is_redis_url
+from shared.config import Settings
+from shared.jobs import pending_key
+from shared.queue_stats import add_queue_depth, oldest_job_age, queue_depth
+
+# What a broker read raises when the broker (or the record Redis) is unreachable.
+BROKER_ERRORS = (redis.RedisError, kombu.exceptions.OperationalError)
+
+
+def broker_redis(settings: Settings) -> redis.Redis:
+    """A Redis client on the broker's URL (only for a Redis broker)."""
+    return redis.Redis.from_url(settings.broker_url, socket_timeout=settings.redis_socket_timeout,
+                                socket_connect_timeout=settings.redis_socket_timeout,
+                                health_check_interval=30, decode_responses=True)
+
+
+class RedisBrokerQueues:
+    def __init__(self, settings: Settings):
+        self.client = broker_redis(settings)
+        # The broker lives in the record Redis: the API reads depth in the same round trip as it writes.
+        self.shares_record_redis = settings.broker_url == settings.redis_url
+
+    def depth(self, queue: str) -> int:
+        return queue_depth(self.client, queue)
+
+    def add_depth(self, pipe: redis.client.Pipeline, queue: str) -> int:
+        return add_queue_depth(pipe, queue)
+
+    def oldest_age(self, queue: str) -> float:
+        return oldest_job_age(self.client, queue)
+
+
+class AmqpBrokerQueues:
+    shares_record_redis = False
+
+    def __init__(self, celery: Celery, record_redis: redis.Redis):
+        self.celery, self.record_redis = celery, record_redis
+
+    def depth(self, queue: str) -> int:
+        with self.celery.pool.acquire(block=True, timeout=5) as connection:
+            try:
+                channel = connection.channel()
+            except (OSError, amqp.exceptions.AMQPError) as exc:
+                connection.collect()  # drop the dead socket: the pooled connection reconnects next time
+                raise kombu.exceptions.OperationalError(f"broker unreachable: {exc}") from exc
+            try:
+                return channel.queue_declare(queue=queue, passive=True).message_count
+            except amqp.exceptions.NotFound:  # not declared yet: nothing was ever published to it
+                return 0
+            except (OSError, amqp.exceptions.AMQPError) as exc:
+                connection.collect()
+                raise kombu.exceptions.OperationalError(f"broker unreachable: {exc}") from exc
+            finally:
+                try:
+                    channel.close()
+                except (OSError, amqp.exceptions.AMQPError):  # already closed by the broker (NotFound)
+                    pass
+
+    def oldest_age(self, queue: str) -> float:
+        oldest = self.record_redis.zrange(pending_key(queue), 0, 0, withscores=True)
+        return max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
+
+
+def broker_queues(settings: Settings, celery: Celery, record_redis: redis.Redis):
+    if is_redis_url(settings.broker_url):
+        return RedisBrokerQueues(settings)
+    return AmqpBrokerQueues(celery, record_redis)

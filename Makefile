@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_DIR := build/moderation-minilm
 REDIS_URL ?= redis://127.0.0.1:6379/0
+WORKERS ?= 1
 export REDIS_URL
 
 .PHONY: run test venv model redis worker api bench lint clean
@@ -38,11 +39,12 @@ api: venv
 
 run: venv
 	@test -n "$$MODEL_PATH$$MODELS" || $(PY) -m model.build
-	exec $(PY) -m scripts.run
+	WORKERS=$(WORKERS) exec $(PY) -m scripts.run
 
 test: $(VENV)/.installed-dev
 	$(PY) -m model.build
 	$(VENV)/bin/ruff check .
+	$(PY) -m scripts.rabbitmq ensure
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev

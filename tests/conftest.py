@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import RedisServer
+from tests.support import RedisServer, stop_all
 from tests.tiny_models import build_tiny_model
 
 MULTI_LABELS = ["hate", "harassment", "violence"]
 SINGLE_LABELS = ["OK", "toxic", "insult"]
 
 
+BROKERS = ["redis", "rabbitmq"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session():
+    """Whatever a failed fixture set-up or teardown left running (scripts/launch.py registers every child)."""
+    yield
+    stop_all()
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def broker_kind(request) -> str:
+    """Parametrises a module's stack over both brokers (tests/support.py: broker_for)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path_factory.mktemp("redis")).start() as server:
+        yield server
 
 
 @pytest.fixture

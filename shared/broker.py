@@ -10,6 +10,7 @@ Redis (REDIS_URL), which may be another server.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import amqp.exceptions
@@ -50,30 +51,41 @@ class RedisBrokerQueues:
 
 
 class AmqpBrokerQueues:
+    """One connection and channel per process for passive declares (sub-millisecond each, so a lock
+    is cheaper than a pool), with socket timeouts so a hung broker cannot hold a request."""
+
     shares_record_redis = False
+    SOCKET_TIMEOUT = 2.0
 
     def __init__(self, celery: Celery, record_redis: redis.Redis):
         self.celery, self.record_redis = celery, record_redis
+        self._lock = threading.Lock()
+        self._connection = self._channel = None
+
+    def _reset(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.collect()  # drop the socket without talking to a broker that may be gone
+            except Exception:  # noqa: BLE001 (already broken: nothing more to release)
+                pass
 
     def depth(self, queue: str) -> int:
-        with self.celery.pool.acquire(block=True, timeout=5) as connection:
+        with self._lock:
             try:
-                channel = connection.channel()
-            except (OSError, amqp.exceptions.AMQPError) as exc:
-                connection.collect()  # drop the dead socket: the pooled connection reconnects next time
-                raise kombu.exceptions.OperationalError(f"broker unreachable: {exc}") from exc
-            try:
-                return channel.queue_declare(queue=queue, passive=True).message_count
+                if self._connection is None:
+                    self._connection = self.celery.connection_for_read(transport_options={
+                        "read_timeout": self.SOCKET_TIMEOUT, "write_timeout": self.SOCKET_TIMEOUT})
+                    self._connection.ensure_connection(max_retries=1)
+                if self._channel is None:
+                    self._channel = self._connection.channel()
+                return self._channel.queue_declare(queue=queue, passive=True).message_count
             except amqp.exceptions.NotFound:  # not declared yet: nothing was ever published to it
+                self._channel = None  # the broker closed the channel
                 return 0
-            except (OSError, amqp.exceptions.AMQPError) as exc:
-                connection.collect()
+            except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.OperationalError) as exc:
+                self._reset()
                 raise kombu.exceptions.OperationalError(f"broker unreachable: {exc}") from exc
-            finally:
-                try:
-                    channel.close()
-                except (OSError, amqp.exceptions.AMQPError):  # already closed by the broker (NotFound)
-                    pass
 
     def oldest_age(self, queue: str) -> float:
         oldest = self.record_redis.zrange(pending_key(queue), 0, 0, withscores=True)

@@ -120,6 +120,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)  # idle connections (AMQP between heartbeats) stay open
             with self._lock:
                 if self._listener is not listener:
                     client.close()

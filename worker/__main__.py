@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 
 from prometheus_client import start_http_server
@@ -50,7 +49,8 @@ def main(argv: list[str]) -> int:
     tasks.configure_batching(settings)
     bootsteps.install(celery_app)
 
-    hostname = f"moderation-{os.getpid()}@{socket.gethostname()}"
+    from worker.deliveries import worker_name
+    hostname = worker_name()
     queues = ",".join(queue_for_model(m) for m in settings.worker_models)
     celery_app.worker_main([
         "worker", "--pool", "threads", "--concurrency", str(settings.worker_concurrency),

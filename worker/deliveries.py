@@ -1,5 +1,8 @@
 """How many times each job was handed to inference: the cap on poison jobs, on both brokers.
 
+Each job's hash `moderation:deliveries:<job id>` holds `count` and `worker`, the last worker process
+that ran it (the one whose result was stored, since stored jobs are never run again).
+
 A job whose processing kills the worker process (out of memory, a native crash in a tokenizer or a
 kernel) is never acknowledged, so the broker delivers it again, and it would kill the next worker
 forever. Each job's count lives in Redis (`moderation:deliveries:<job id>`, expiring with the record)
@@ -12,9 +15,17 @@ shutdown that puts prefetched messages back does not count, since they never rea
 
 from __future__ import annotations
 
+import os
+import socket
+
 import redis
 
 KEY_PREFIX = "moderation:deliveries:"
+
+
+def worker_name() -> str:
+    """This worker process's Celery hostname (also its heartbeat entry)."""
+    return f"moderation-{os.getpid()}@{socket.gethostname()}"
 
 
 def poison_error(count: int) -> str:
@@ -29,14 +40,26 @@ class DeliveryCounter:
         """How many times each job already reached the model (0: a first delivery)."""
         if not job_ids:
             return []
-        return [int(value or 0) for value in self.redis.mget([KEY_PREFIX + job_id for job_id in job_ids])]
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(KEY_PREFIX + job_id, "count")
+        return [int(value or 0) for value in pipe.execute()]
 
     def record(self, job_ids: list[str]) -> None:
         """Count one more attempt for each job, before its texts reach the model."""
         if not job_ids:
             return
+        name = worker_name()
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.incr(KEY_PREFIX + job_id)
+            pipe.hincrby(KEY_PREFIX + job_id, "count", 1)
+            pipe.hset(KEY_PREFIX + job_id, "worker", name)
             pipe.expire(KEY_PREFIX + job_id, self.ttl)
         pipe.execute()
+
+    def last_workers(self, job_ids: list[str]) -> list[str | None]:
+        """The worker process that last ran each job (None: never run)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(KEY_PREFIX + job_id, "worker")
+        return pipe.execute()

@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_DIR := build/moderation-minilm
 REDIS_URL ?= redis://127.0.0.1:6379/0
+WORKERS ?= 1
 export REDIS_URL
 
 .PHONY: run test test-containers system-deps venv model redis worker api bench lint clean
@@ -39,7 +40,7 @@ api: venv
 
 run: venv
 	@test -n "$$MODEL_PATH$$MODELS" || $(PY) -m model.build
-	exec $(PY) -m scripts.run
+	WORKERS=$(WORKERS) exec $(PY) -m scripts.run
 
 # The Debian packages and services the tests use (scripts/system_deps.sh): installed and started
 # when missing (as root), named otherwise; a no-op on a ready machine.
@@ -49,6 +50,7 @@ system-deps:
 test: system-deps $(VENV)/.installed-dev
 	$(PY) -m model.build
 	$(VENV)/bin/ruff check .
+	$(PY) -m scripts.rabbitmq ensure
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Builds both images (on a local Debian base: no registry needed), runs Redis, the API, 3 worker

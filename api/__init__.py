@@ -22,6 +22,7 @@ from api.limits import init_limiter
 from api.metrics import count_rejection, init_metrics
 from api.schemas import build_schemas
 from shared import metrics as names
+from shared.broker import broker_queues
 from shared.celery_app import make_celery
 from shared.config import Settings, get_settings
 from shared.jobs import JobStore
@@ -44,12 +45,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
 
     client = make_redis(settings)
+    celery = make_celery(settings)
+    queues = broker_queues(settings, celery, client)
     specs = load_specs(settings)
     app.extensions["moderation"] = Services(
         settings=settings,
         redis=client,
         store=JobStore(client, settings.result_ttl),
-        celery=make_celery(settings),
+        celery=celery,
+        queues=queues,
         models=specs,
         schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds,
                               tuple(specs), settings.webhook_allowed_hosts),
@@ -57,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     _register_outage_handler(app)
     init_limiter(app, settings)
-    app.register_blueprint(init_metrics(app, client, {name: spec.queue for name, spec in specs.items()}))
+    app.register_blueprint(init_metrics(app, queues, {name: spec.queue for name, spec in specs.items()}))
     for blueprint in (jobs.bp, moderations.bp, health.bp, queue.bp, web.bp, openapi.bp):
         app.register_blueprint(blueprint)
     missing = undocumented_routes(app)
@@ -70,8 +74,8 @@ def _register_outage_handler(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     @app.errorhandler(kombu.exceptions.OperationalError)
     def redis_unavailable(exc: Exception):
-        # Redis (job store or broker) is down: nothing was accepted, so the client may simply retry.
-        log.warning("Redis unavailable: %s", exc)
+        # Redis or the broker is down: nothing was accepted, so the client may simply retry.
+        log.warning("Redis or broker unavailable: %s", exc)
         count_rejection(names.REJECT_UNAVAILABLE)
         return error_response(503, "unavailable", "the job queue is unavailable; retry shortly",
                               headers={"Retry-After": "1"})

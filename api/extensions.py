@@ -20,6 +20,7 @@ class Services:
     redis: redis.Redis
     store: JobStore
     celery: Celery
+    queues: object  # shared.broker: depth and oldest-job age, read from the broker
     models: dict[str, ModelSpec]
     schemas: RequestSchemas
 

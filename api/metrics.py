@@ -2,7 +2,7 @@
 
 Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set (api/gunicorn_conf.py) and every worker process
 writes its samples there; /metrics aggregates them. Queue depth and age are read from Redis at
-scrape time by a custom collector, so they are right whichever process answers.
+scrape time from the broker by a custom collector, so they are right whichever process answers.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import logging
 import os
 import time
 
-import redis
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from api.contract import operation
 from shared import metrics as names
-from shared.queue_stats import oldest_job_age, queue_depth
+from shared.broker import BROKER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +48,8 @@ _REASON_BY_STATUS = {400: names.REJECT_INVALID, 404: None, 409: None, 413: names
 class QueueCollector(Collector):
     """moderation_queue_depth / _oldest_job_age_seconds per model queue, read at scrape time."""
 
-    def __init__(self, client: redis.Redis, queues: list[str]):
-        self.client, self.queues = client, queues
+    def __init__(self, broker_queues, queues: list[str]):
+        self.broker_queues, self.queues = broker_queues, queues
 
     def collect(self):
         depth = GaugeMetricFamily(names.QUEUE_DEPTH, "Messages waiting in the queue.", labels=["queue"])
@@ -58,9 +57,9 @@ class QueueCollector(Collector):
                                 "Age of the oldest waiting message.", labels=["queue"])
         for queue in self.queues:
             try:
-                depth.add_metric([queue], queue_depth(self.client, queue))
-                age.add_metric([queue], oldest_job_age(self.client, queue))
-            except redis.RedisError as exc:
+                depth.add_metric([queue], self.broker_queues.depth(queue))
+                age.add_metric([queue], self.broker_queues.oldest_age(queue))
+            except BROKER_ERRORS as exc:
                 log.warning("queue metrics unavailable: %s", exc)
                 break
         yield depth
@@ -90,9 +89,9 @@ def count_rejection(reason: str) -> None:
     REJECTED.labels(reason).inc()
 
 
-def init_metrics(app: Flask, client: redis.Redis, models: dict[str, str]) -> Blueprint:
-    """`models` maps model names to queue names."""
-    registry = _registry(QueueCollector(client, list(models.values())))
+def init_metrics(app: Flask, broker_queues, models: dict[str, str]) -> Blueprint:
+    """`models` maps model names to queue names; `broker_queues` reads them (shared/broker.py)."""
+    registry = _registry(QueueCollector(broker_queues, list(models.values())))
     # Export every series from the start at 0, so rate() and alerts see the first increment.
     for reason in names.REJECT_REASONS:
         REJECTED.labels(reason)

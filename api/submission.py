@@ -10,7 +10,6 @@ from api.metrics import JOBS_CANCELED, JOBS_SUBMITTED, TEXTS_SUBMITTED, count_re
 from shared import metrics as names
 from shared.jobs import JobRecord, is_job_id, new_job_id
 from shared.model_registry import ModelSpec
-from shared.queue_stats import add_queue_depth
 from shared.queues import publish_job
 from shared.webhooks import CallbackRefused, check_callback_url
 
@@ -41,12 +40,15 @@ def submit_job(texts: list[str], model: str | None, callback_url: str | None = N
     spec = resolve_model(model)
     record = JobRecord(job_id=new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
                        owner=g.get("owner", ""), callback_url=checked_callback_url(callback_url))
-    # One round trip reads the queue depth and writes the record (the record exists before the message,
-    # so a worker or GET never sees an unknown job); a full queue then deletes the unused record.
+    # The record exists before the message, so a worker or GET never sees an unknown job; a full queue
+    # then deletes the unused record. With the broker in the record Redis, one round trip does both.
+    queues = svc.queues
     pipe = svc.redis.pipeline()
-    depth_results = add_queue_depth(pipe, spec.queue)
+    depth_results = queues.add_depth(pipe, spec.queue) if queues.shares_record_redis else 0
     svc.store.create(record, pipe)
-    if sum(pipe.execute()[:depth_results]) >= svc.settings.max_queue_depth:
+    results = pipe.execute()
+    depth = sum(results[:depth_results]) if queues.shares_record_redis else queues.depth(spec.queue)
+    if depth >= svc.settings.max_queue_depth:
         svc.store.delete(record)
         count_rejection(names.REJECT_QUEUE_FULL)
         raise APIError(503, "queue_full", f"the {spec.name} queue holds MAX_QUEUE_DEPTH="

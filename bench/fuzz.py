@@ -85,7 +85,7 @@ def run_fuzz(api_url: str, workdir: Path, max_examples: int, seed: int | None = 
 
 def _private_stack(workdir: Path):
     """Redis + tiny-model worker + gunicorn API with FUZZ_ENV, as the test suite starts them."""
-    from tests.support import RedisServer, base_env, start_api, start_worker
+    from scripts.launch import RedisServer, base_env, start_api, start_worker
     from tests.tiny_models import build_tiny_model
 
     redis_server = RedisServer(workdir / "redis").start()

@@ -16,9 +16,9 @@ from bench import inprocess, load, report
 from bench.corpus import DEFAULT_DATASET, load_texts
 from bench.profile import profiling
 from bench.stack import CpuMeter, histogram_totals, rss_mb, service_env
+from scripts.launch import RedisServer, start_api, start_worker
 from shared import metrics as metric_names
 from shared.config import BUNDLED_MODEL_PATH, PROJECT_ROOT, Settings
-from tests.support import RedisServer, start_api, start_worker
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 NOTES_MARKER = "## Notes"

@@ -1,6 +1,6 @@
 """The processes the benchmark runs: a private Redis, the gunicorn API, `python -m worker`, the sync app.
 
-Built on tests/support.py (the integration tests start the same processes the same way).
+Built on scripts/launch.py (make run and the integration tests start the same processes the same way).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import urllib.request
 
 import psutil
 
-from tests.support import Proc, base_env
+from scripts.launch import Proc, base_env
 
 # Worker/API tuning variables the caller may set for a run (base_env drops them otherwise).
 TUNABLE = ("BATCH_MAX_TEXTS", "BATCH_MAX_TOKENS", "BATCH_MAX_WAIT_MS", "TORCH_THREADS", "QUANTIZE",

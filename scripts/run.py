@@ -1,9 +1,11 @@
-"""`make run`: Redis (if none answers), the worker and the API, supervised until Ctrl-C/SIGTERM.
+"""`make run`: Redis (if none answers at a local REDIS_URL), WORKERS worker processes and the API,
+supervised until Ctrl-C/SIGTERM.
 
-A child that dies is restarted with a log line (with a short back-off); Ctrl-C or SIGTERM stops
-them all gracefully (SIGTERM, then SIGKILL after a grace period). Small on purpose: a process
-manager (supervisord, honcho) would need a config file of its own and none starts Redis only
-when it is missing.
+A child that dies is restarted with a log line, after a back-off that never blocks the loop: every
+other child is still watched (and restarted) while one waits. Ctrl-C or SIGTERM stops them all
+gracefully (SIGTERM, then SIGKILL after a grace period). Command lines come from scripts/launch.py.
+Small on purpose: a process manager (supervisord, honcho) would need a config file of its own and
+none starts Redis only when it is missing.
 """
 
 from __future__ import annotations
@@ -13,51 +15,91 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from scripts import redis_server
+from scripts import launch, redis_server
 
-PYTHON = sys.executable
 GRACE_SECONDS = 40
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
 class Child:
     name: str
     argv: list[str]
+    env: dict | None = None
     process: subprocess.Popen | None = None
     restarts: int = 0
-    started_at: float = field(default=0.0)
+    started_at: float = 0.0
+    restart_at: float | None = None  # set while backing off
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
+        self.process = subprocess.Popen(self.argv, env=self.env)
         self.started_at = time.monotonic()
+        self.restart_at = None
 
 
 def log(message: str) -> None:
     print(f"[run] {message}", flush=True)
 
 
-def children_for(env: dict) -> list[Child]:
+def private_redis(env: dict) -> Child | None:
+    """A private Redis only for a local REDIS_URL that does not answer (never for a remote or
+    password-protected server: that one is someone else's to start)."""
     url = urlparse(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     host, port = url.hostname or "127.0.0.1", url.port or 6379
-    children = []
-    if not redis_server.answers(host, port):
-        log(f"no Redis at {host}:{port}: starting a private one (data in {redis_server.DATA_DIR})")
-        children.append(Child("redis", redis_server.server_command(port, redis_server.DATA_DIR)))
-    children.append(Child("worker", [PYTHON, "-m", "worker"]))
-    children.append(Child("api", [PYTHON, "-m", "gunicorn", "--config", "api/gunicorn_conf.py",
-                                  "api:create_app()"]))
+    if host not in LOCAL_HOSTS or url.password or redis_server.answers(host, port):
+        return None
+    log(f"no Redis at {host}:{port}: starting a private one (data in {redis_server.DATA_DIR})")
+    return Child("redis", redis_server.server_command(port, redis_server.DATA_DIR))
+
+
+def children_for(env: dict) -> list[Child]:
+    workers = int(env.get("WORKERS") or 1)
+    children = [child for child in [private_redis(env)] if child]
+    metrics_port = int(env.get("WORKER_METRICS_PORT") or 9101)
+    for index in range(workers):
+        # Each worker process takes its share of the CPUs and, past the first, the next metrics port.
+        worker_env = {**env, "WORKER_PROCESSES": str(env.get("WORKER_PROCESSES") or workers)}
+        if metrics_port and workers > 1:
+            worker_env["WORKER_METRICS_PORT"] = str(metrics_port + index)
+        children.append(Child("worker" if workers == 1 else f"worker-{index + 1}", launch.worker_command(),
+                              worker_env))
+    children.append(Child("api", launch.api_command()))
     return children
 
 
+def backoff_seconds(child: Child) -> float:
+    return 1.0 if time.monotonic() - child.started_at > 10 else min(30.0, 2.0 ** child.restarts)
+
+
+def supervise_once(children: list[Child]) -> None:
+    """Restart the children whose back-off is over; schedule one for each child that just died."""
+    now = time.monotonic()
+    for child in children:
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.start()
+            continue
+        code = child.process.poll() if child.process else None
+        if code is not None:
+            child.restarts += 1
+            backoff = backoff_seconds(child)
+            child.restart_at = now + backoff
+            log(f"{child.name} exited with code {code}; restarting it in {backoff:.0f}s (restart #{child.restarts})")
+
+
 def stop_all(children: list[Child]) -> None:
-    for child in reversed(children):  # API first, Redis last
-        if child.process and child.process.poll() is None:
+    """The API first, then the workers together (each finishes its batch), Redis last."""
+    for role in ("api", "worker", "redis"):
+        group = [c for c in children if c.name.startswith(role) and c.process and c.process.poll() is None]
+        for child in group:
             child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for child in group:
             try:
-                child.process.wait(GRACE_SECONDS)
+                child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log(f"{child.name} did not stop in {GRACE_SECONDS}s; killing it")
                 child.process.kill()
@@ -72,25 +114,19 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    children = children_for(dict(os.environ))
+    env = dict(os.environ)
+    children = children_for(env)
     for child in children:
         child.start()
         if child.name == "redis":
-            time.sleep(0.5)
-    port = os.environ.get("PORT", "5000")
-    log(f"API on http://127.0.0.1:{port} (try /readyz, /models, /openapi.json, /metrics); "
-        f"worker metrics on http://127.0.0.1:{os.environ.get('WORKER_METRICS_PORT', '9101')}/metrics; "
-        "Ctrl-C stops everything")
+            launch.wait_until(lambda: redis_server.answers("127.0.0.1", urlparse(env.get(
+                "REDIS_URL", "redis://127.0.0.1:6379/0")).port or 6379), timeout=10, what="the private Redis")
+    workers = sum(child.name.startswith("worker") for child in children)
+    log(f"API on http://127.0.0.1:{env.get('PORT', '5000')} (try /readyz, /models, /openapi.json, /metrics); "
+        f"{workers} worker process(es), metrics from http://127.0.0.1:{env.get('WORKER_METRICS_PORT', '9101')}"
+        "/metrics; Ctrl-C stops everything")
     while not stopping:
-        for child in children:
-            code = child.process.poll() if child.process else None
-            if code is not None and not stopping:
-                child.restarts += 1
-                backoff = 1.0 if time.monotonic() - child.started_at > 10 else min(30.0, 2.0 ** child.restarts)
-                log(f"{child.name} exited with code {code}; restarting it in {backoff:.0f}s "
-                    f"(restart #{child.restarts})")
-                time.sleep(backoff)
-                child.start()
+        supervise_once(children)
         time.sleep(0.2)
     log("stopping")
     stop_all(children)

@@ -1,26 +1,67 @@
 """The Celery app, shared by the API (which sends tasks by name) and the worker (which runs them).
 
-Settings here are chosen so that no accepted job is lost:
+Nothing here reads the environment: `celery_app` is a bare app the worker's tasks register on, and
+`configure_celery(app, settings)` (called from `python -m worker`'s main and `api.create_app`) sets it up.
+
+Settings chosen so that no accepted job is lost, on either broker:
 - acks_late + reject_on_worker_lost: a message is acknowledged only after its job's result is stored;
-  a worker that dies mid-batch leaves its messages unacknowledged in Redis.
-- visibility_timeout: after that long, Celery's Redis transport puts unacknowledged messages back on
-  the queue. It must exceed the longest a message can wait in a worker's prefetch buffer plus one batch
-  (seconds); worst-case redelivery after a crash is visibility_timeout + unacked_restore_interval.
+  a worker that dies mid-batch leaves its messages unacknowledged.
+- Redis (`redis://`): visibility_timeout: after that long, Celery's Redis transport puts unacknowledged
+  messages back on the queue. It must exceed the longest a message can wait in a worker's prefetch
+  buffer plus one batch; worst-case redelivery after a crash is visibility_timeout + unacked_restore_interval.
+- RabbitMQ (`amqp://`): durable quorum queues (replicated, and the broker itself counts deliveries and
+  drops a message past x-delivery-limit), publisher confirms (a publish returns only once the broker
+  has the message), and the broker redelivers a dead consumer's messages as soon as its connection closes.
 """
 
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Queue
 
-from shared.config import Settings, get_settings
+from shared.config import Settings
+from shared.queues import queue_for_model
 
 # How often a live worker sweeps Redis for unacknowledged messages whose visibility timeout passed.
 UNACKED_RESTORE_INTERVAL = 5
+# RabbitMQ's own cap on deliveries is a backstop above MAX_DELIVERIES: the worker's own count
+# (worker/deliveries.py) fails the job with a clear error first; past the broker's limit the message
+# would be dropped with its job left queued.
+BROKER_DELIVERY_LIMIT_MARGIN = 5
+
+celery_app = Celery("moderation", set_as_current=False)
 
 
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("moderation", broker=settings.broker_url)
+def is_redis_url(url: str) -> bool:
+    return url.split("://", 1)[0] in ("redis", "rediss", "redis+socket")
+
+
+def model_queues(settings: Settings) -> list[Queue]:
+    """One durable quorum queue per model (RabbitMQ); Celery declares them on first use."""
+    arguments = {"x-queue-type": "quorum",
+                 "x-delivery-limit": settings.max_deliveries + BROKER_DELIVERY_LIMIT_MARGIN}
+    return [Queue(queue_for_model(name), routing_key=queue_for_model(name), durable=True,
+                  queue_arguments=arguments) for name in settings.models]
+
+
+def _redis_transport_options(settings: Settings) -> dict:
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
+        "unacked_restore_throttle": 1,
+        # The restore sweep holds a Redis lock; a worker killed while holding it would block every
+        # sweep until the lock expires (kombu's default: 300 s), past the visibility timeout.
+        "unacked_mutex_expire": min(settings.visibility_timeout, 300),
+        "socket_timeout": max(settings.redis_socket_timeout, 5.0),
+        "socket_connect_timeout": settings.redis_socket_timeout,
+        "health_check_interval": 10,
+    }
+
+
+def configure_celery(app: Celery, settings: Settings) -> Celery:
+    redis_broker = is_redis_url(settings.broker_url)
     app.conf.update(
+        broker_url=settings.broker_url,
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # results live in our own job records (shared/jobs.py)
@@ -35,21 +76,17 @@ def make_celery(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.redis_socket_timeout,
-        # The API must fail fast (503) when Redis is down instead of retrying a publish for seconds.
+        # The API must fail fast (503) when the broker is down instead of retrying a publish for seconds.
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
-            "unacked_restore_throttle": 1,
-            # The restore sweep holds a Redis lock; a worker killed while holding it would block every
-            # sweep until the lock expires (kombu's default: 300 s), past the visibility timeout.
-            "unacked_mutex_expire": min(settings.visibility_timeout, 300),
-            "socket_timeout": max(settings.redis_socket_timeout, 5.0),
-            "socket_connect_timeout": settings.redis_socket_timeout,
-            "health_check_interval": 10,
-        },
+        broker_transport_options=_redis_transport_options(settings) if redis_broker else {
+            "confirm_publish": True},
+        # Quorum queues have no global QoS: Celery detects them and uses per-consumer prefetch.
+        task_queues=None if redis_broker else model_queues(settings),
+        worker_detect_quorum_queues=True,
     )
     return app
 
 
-celery_app = make_celery(get_settings())
+def make_celery(settings: Settings) -> Celery:
+    """A new configured app (the API's, and tests that publish as the API would)."""
+    return configure_celery(Celery("moderation", set_as_current=False), settings)

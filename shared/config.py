@@ -162,6 +162,9 @@ class Settings:
     worker_metrics_port: int = 9101
     worker_metrics_port_last: int = 9101  # the end of a WORKER_METRICS_PORT range
     visibility_timeout: int = 300
+    max_deliveries: int = 3
+    # Test-only: a worker whose job contains this text kills its own process (tests/test_poison.py).
+    test_crash_on_text: str = ""
 
     @property
     def model_names(self) -> list[str]:
@@ -226,6 +229,8 @@ def load_settings(environ: dict | None = None) -> Settings:
         worker_metrics_port=metrics_port,
         worker_metrics_port_last=metrics_port_last,
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),
+        max_deliveries=_int(env, "MAX_DELIVERIES", 3, 1),
+        test_crash_on_text=env.get("TEST_CRASH_ON_TEXT", ""),
     )
 
 

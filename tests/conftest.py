@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import RedisServer
+from tests.support import RedisServer, stop_all
 from tests.tiny_models import KnownModel, build_known_model, build_tiny_model, logit
 
 MULTI_LABELS = ["hate", "harassment", "violence"]
@@ -29,11 +29,26 @@ KNOWN_SINGLE = KnownModel(
 )
 
 
+BROKERS = ["redis", "rabbitmq"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session():
+    """Whatever a failed fixture set-up or teardown left running (scripts/launch.py registers every child)."""
+    yield
+    stop_all()
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def broker_kind(request) -> str:
+    """Parametrises a module's stack over both brokers (tests/support.py: broker_for)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path_factory.mktemp("redis")).start() as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Real processes for integration tests: a private Redis, `python -m worker`, gunicorn.
+"""Real processes for integration tests: a private Redis, `python -m worker`, gunicorn (scripts/launch.py).
 
 Every test stack gets its own Redis (or DB) and free ports, so tests never touch the machine's
 Redis on 6379 and can stop/start theirs to simulate outages.
@@ -6,145 +6,34 @@ Redis on 6379 and can stop/start theirs to simulate outages.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
-import sys
+import threading
 import time
-from contextlib import closing
-from pathlib import Path
+import uuid
+from contextlib import contextmanager
 
 import redis
 import requests
 
-from scripts import redis_server
-from shared.worker_registry import live_workers
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server on a free port; stop() and start() again keep the same port."""
-
-    def __init__(self, data_dir: Path):
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.process: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.process = redis_server.start(self.port, self.data_dir)
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
-
-
-def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MODEL", "WORKER_", "RATE_", "READ_RATE_", "API_KEYS", "BATCH_", "CACHE_",
-                                 "PROMETHEUS_", "WEBHOOK_"))}
-    env.update({"REDIS_URL": redis_url, "RATE_LIMITER": "off", "READ_RATE_LIMITER": "off", "LOG_LEVEL": "INFO",
-                "WORKER_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
-    env.update({k: str(v) for k, v in overrides.items()})
-    return env
-
-
-class Proc:
-    """A child process with its output in a log file, shown when a test needs it."""
-
-    def __init__(self, argv: list[str], env: dict, log_path: Path):
-        self.log_path = log_path
-        self.log_file = open(log_path, "ab")
-        self.process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log_file,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        self.env = env
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def signal_group(self, signum: int) -> None:
-        """Signal the whole process tree (as `kill -- -PGID` would)."""
-        try:
-            os.killpg(self.process.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, timeout: float = 40) -> int | None:
-        if self.alive():
-            self.signal_group(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-                self.process.wait(10)
-        self.log_file.close()
-        return self.process.returncode
-
-
-def start_worker(env: dict, log_path: Path, models: list[str] | None = None, timeout: float = 120) -> Proc:
-    """`python -m worker`; returns once its heartbeat says it consumes its queues."""
-    proc = Proc([sys.executable, "-m", "worker"], env, log_path)
-    client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
-    names = models or [m.split("=")[0] for m in env.get("WORKER_MODELS", "").split(",") if m] or \
-        [m.split("=")[0] for m in env.get("MODELS", "default=").split(",")]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"worker exited with {proc.process.returncode}:\n{proc.log_tail()}")
-        try:
-            if all(count >= 1 for count in live_workers(client, names).values()) and \
-                    f"moderation-{proc.process.pid}@" in proc.log_tail(100_000):
-                return proc
-        except redis.RedisError:
-            pass
-        time.sleep(0.2)
-    proc.stop()
-    raise RuntimeError(f"worker not ready in {timeout}s:\n{proc.log_tail()}")
-
-
-class ApiServer(Proc):
-    """gunicorn with the API's settings; `app` is the WSGI app (the benchmark also serves bench.sync_app)."""
-
-    def __init__(self, env: dict, log_path: Path, workers: int = 2, app: str = "api:create_app()"):
-        self.port = free_port()
-        env = {**env, "PORT": str(self.port), "HOST": "127.0.0.1", "GUNICORN_WORKERS": str(workers)}
-        super().__init__([sys.executable, "-m", "gunicorn", "--config", "api/gunicorn_conf.py", app],
-                         env, log_path)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 30) -> ApiServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"API exited:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"API not up in {timeout}s:\n{self.log_tail()}")
-
-
-def start_api(env: dict, log_path: Path, workers: int = 2, app: str = "api:create_app()",
-              timeout: float = 30) -> ApiServer:
-    return ApiServer(env, log_path, workers, app).wait_ready(timeout)
+from scripts import rabbitmq
+from scripts.launch import (  # noqa: F401  (re-exported: the tests' one import for processes)
+    ApiServer,
+    Proc,
+    RedisServer,
+    base_env,
+    free_port,
+    start_api,
+    start_worker,
+    stop_all,
+    wait_until,
+    worker_command,
+)
+from shared.broker import broker_queues
+from shared.celery_app import make_celery
+from shared.config import Settings, load_settings
+from shared.redis_client import make_redis
+from worker.redelivery import UNACKED_HASH
 
 
 def wait_for_job(api_url: str, job_id: str, timeout: float = 60, headers: dict | None = None) -> dict:
@@ -160,13 +49,146 @@ def wait_for_job(api_url: str, job_id: str, timeout: float = 60, headers: dict |
             raise AssertionError(f"job {job_id} not finished after {timeout:g}s; last answer: {body}")
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "a condition"):
-    """Poll predicate() until it returns something truthy (which is returned); fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+class RabbitVhost:
+    """A private vhost on the machine's RabbitMQ (created and deleted with rabbitmqctl)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.url = f"amqp://guest:guest@127.0.0.1:5672/{name}"
+
+    def __enter__(self) -> RabbitVhost:
+        if not rabbitmq.answers():
+            raise RuntimeError("no RabbitMQ at 127.0.0.1:5672: run `python -m scripts.rabbitmq ensure`")
+        self._ctl("add_vhost", self.name)
+        self._ctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ctl("delete_vhost", self.name)
+
+    @staticmethod
+    def _ctl(*args: str) -> str:
+        return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True,
+                              timeout=60).stdout
+
+    def unacked(self, queue: str) -> int:
+        """Messages delivered to a consumer and not yet acknowledged."""
+        for line in self._ctl("list_queues", "-p", self.name, "--no-table-headers", "name",
+                              "messages_unacknowledged").splitlines():
+            name, _, count = line.strip().partition("\t")
+            if name == queue:
+                return int(count)
+        return 0
+
+
+class TcpProxy:
+    """127.0.0.1:<port> forwarded to a target; stop() refuses and cuts every connection (an outage the
+    test controls without stopping a shared server), start() serves the same port again."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.port = target_port, free_port()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> TcpProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+            listener, self._listener = self._listener, None
+        for sock in [listener, *sockets]:
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)  # idle connections (AMQP between heartbeats) stay open
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class BrokerUnderTest:
+    """The broker a parametrised test runs on: its URL, what the service reads (depth), and what only a
+    test looks at (messages held unacknowledged by workers)."""
+
+    def __init__(self, kind: str, url: str, vhost: RabbitVhost | None = None):
+        self.kind, self.url, self.vhost = kind, url, vhost
+
+    @property
+    def is_redis(self) -> bool:
+        return self.kind == "redis"
+
+    def settings(self, env: dict) -> Settings:
+        return load_settings({**env, "CELERY_BROKER_URL": self.url})
+
+    def depth(self, env: dict, queue: str) -> int:
+        """Read as the API reads it (shared/broker.py); kombu's connection pools are process-wide."""
+        settings = self.settings(env)
+        return broker_queues(settings, make_celery(settings), make_redis(settings)).depth(queue)
+
+    def unacked(self, queue: str) -> int:
+        if self.is_redis:
+            return redis.Redis.from_url(self.url).hlen(UNACKED_HASH)
+        return self.vhost.unacked(queue)
+
+
+@contextmanager
+def broker_for(kind: str, redis_url: str, proxied: bool = False):
+    """A broker for one parametrised module: the record Redis itself, or a private RabbitMQ vhost
+    (reached through a TcpProxy the test can stop when `proxied`)."""
+    if kind == "redis":
+        yield BrokerUnderTest(kind, redis_url)
+        return
+    with RabbitVhost(f"test-{uuid.uuid4().hex[:12]}") as vhost:
+        if not proxied:
+            yield BrokerUnderTest(kind, vhost.url, vhost)
+            return
+        proxy = TcpProxy(rabbitmq.PORT).start()
+        try:
+            broker = BrokerUnderTest(kind, f"amqp://guest:guest@127.0.0.1:{proxy.port}/{vhost.name}", vhost)
+            broker.proxy = proxy
+            yield broker
+        finally:
+            proxy.stop()

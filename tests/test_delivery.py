@@ -1,7 +1,8 @@
 """No accepted job is lost: SIGKILL and SIGTERM of real workers, SIGTERM of gunicorn, poison texts,
-malformed task messages and a model that cannot load.
+malformed task messages and a model that cannot load. Every test runs on both brokers (Redis, and
+RabbitMQ in a private vhost): the module's stack is parametrised by `broker_kind`.
 
-VISIBILITY_TIMEOUT is 10 s here instead of the default 300 s, so the messages a killed worker held
+VISIBILITY_TIMEOUT (Redis only) is 10 s here instead of the default 300 s, so the messages a killed worker held
 come back within seconds instead of five minutes. 10 s still far exceeds what a message waits in the
 tiny model's prefetch buffer plus one batch (milliseconds), so a healthy worker's messages are never
 redelivered early; docs/reliability.md explains the production choice.
@@ -16,20 +17,19 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import pytest
 import requests
 
 from shared.celery_app import make_celery
-from shared.config import load_settings
 from shared.jobs import FINISHED, JobRecord, JobStore
-from shared.queue_stats import queue_depth
 from shared.queues import MODERATE_TASK, queue_for_model
 from tests.conftest import MULTI_LABELS
-from tests.support import Proc, base_env, start_api, start_worker, wait_for_job, wait_until
+from tests.support import Proc, base_env, broker_for, start_api, start_worker, wait_for_job, wait_until
 from tests.tiny_models import WORDS
+from worker.__main__ import EXIT_MODEL_LOAD_ERROR
 from worker.inference import TextClassifier
-from worker.redelivery import UNACKED_HASH
 
 MODEL = "tiny"
 QUEUE = queue_for_model(MODEL)
@@ -44,13 +44,19 @@ def distinct_texts(count: int, tag: str) -> list[str]:
 class Stack:
     """One API for the module and a replaceable worker (tests kill theirs and start another)."""
 
-    def __init__(self, env: dict, logs, redis_client, model_path):
-        self.env, self.logs, self.redis, self.model_path = env, logs, redis_client, model_path
+    def __init__(self, env: dict, logs, redis_client, model_path, broker):
+        self.env, self.logs, self.redis, self.model_path, self.broker = env, logs, redis_client, model_path, broker
         self.store = JobStore(redis_client, 3600)
-        self.celery = make_celery(load_settings(env))  # publishes raw task messages, as the API would
-        self.api = start_api(env, logs / "api.log")
+        self.celery = make_celery(broker.settings(env))  # publishes raw task messages, as the API would
+        self.api: Proc | None = None
         self.worker: Proc | None = None
         self.workers_started = 0
+
+    def depth(self) -> int:
+        return self.broker.depth(self.env, QUEUE)
+
+    def unacked(self) -> int:
+        return self.broker.unacked(QUEUE)
 
     def worker_log(self):
         self.workers_started += 1
@@ -105,17 +111,19 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server, tiny_multilabel_model, tmp_path_factory):
+def stack(broker_kind, redis_server, tiny_multilabel_model, tmp_path_factory):
     client = redis_server.client()
     client.flushall()
-    logs = tmp_path_factory.mktemp("delivery-logs")
-    # BATCH_MAX_WAIT_MS=200: jobs published together share one batch (the poison-text test needs that).
-    env = base_env(redis_server.url, MODELS=f"{MODEL}={tiny_multilabel_model}", DEFAULT_MODEL=MODEL,
-                   VISIBILITY_TIMEOUT="10", BATCH_MAX_WAIT_MS="200")
-    stack = Stack(env, logs, client, tiny_multilabel_model)
-    yield stack
-    stack.stop_worker()
-    stack.api.stop()
+    logs = tmp_path_factory.mktemp(f"delivery-logs-{broker_kind}")
+    with ExitStack() as cleanup:  # each process is stopped even if a later set-up step fails
+        broker = cleanup.enter_context(broker_for(broker_kind, redis_server.url))
+        # BATCH_MAX_WAIT_MS=200: jobs published together share one batch (the poison-text test needs that).
+        env = base_env(redis_server.url, MODELS=f"{MODEL}={tiny_multilabel_model}", DEFAULT_MODEL=MODEL,
+                       VISIBILITY_TIMEOUT="10", BATCH_MAX_WAIT_MS="200", CELERY_BROKER_URL=broker.url)
+        stack = Stack(env, logs, client, tiny_multilabel_model, broker)
+        cleanup.callback(stack.stop_worker)
+        stack.api = cleanup.enter_context(start_api(env, logs / "api.log"))
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -132,20 +140,17 @@ def assert_scores_match(job: dict, text: str, reference: TextClassifier) -> None
         assert math.isclose(result["category_scores"][label], score, abs_tol=1e-4), (text, label)
 
 
-def test_a_model_that_fails_to_load_exits_nonzero_and_readyz_stays_503(stack, tmp_path):
+def test_a_model_that_fails_to_load_exits_3_and_readyz_stays_503(stack, tmp_path):
     stack.stop_worker()
     empty = tmp_path / "empty-model"
     empty.mkdir()
-    proc = Proc([sys.executable, "-m", "worker"], {**stack.env, "MODELS": f"{MODEL}={empty}"},
-                stack.logs / "worker-bad-model.log")
-    try:
+    with Proc([sys.executable, "-m", "worker"], {**stack.env, "MODELS": f"{MODEL}={empty}"},
+              stack.logs / "worker-bad-model.log") as proc:
         while proc.alive():
             assert requests.get(stack.api.url + "/readyz", timeout=5).status_code == 503
             time.sleep(0.2)
         code = proc.process.wait(120)
-    finally:
-        proc.stop()
-    assert code not in (0, None)
+    assert code == EXIT_MODEL_LOAD_ERROR == 3, proc.log_tail()  # README: "exits with code 3"
     assert f"model failed to load, exiting: cannot load a text-classification model from '{empty}'" \
         in proc.log_tail(), proc.log_tail()
     ready = requests.get(stack.api.url + "/readyz", timeout=5)
@@ -156,7 +161,7 @@ def test_sigkill_mid_batch_loses_no_job_and_results_match_a_clean_run(stack, ref
     stack.stop_worker()
     texts = distinct_texts(KILL_JOBS, "kill")
     job_ids = stack.submit(texts)  # all queued: no worker runs yet
-    assert queue_depth(stack.redis, QUEUE) == KILL_JOBS
+    assert stack.depth() == KILL_JOBS
 
     # Start a worker and SIGKILL its whole process tree once some, but not all, jobs are done.
     doomed = stack.worker_in_the_middle(job_ids, at_least=40)
@@ -167,10 +172,16 @@ def test_sigkill_mid_batch_loses_no_job_and_results_match_a_clean_run(stack, ref
     finally:
         doomed.stop()
     finished_at_kill = stack.count_finished(job_ids)
-    in_flight_at_kill = stack.redis.hlen(UNACKED_HASH)
     assert finished_at_kill < KILL_JOBS, "the worker finished everything before the kill; nothing was tested"
-    assert in_flight_at_kill > 0, "the killed worker held no unacknowledged message"
-
+    if stack.broker.is_redis:  # kombu keeps the dead worker's messages in `unacked` until the timeout
+        in_flight_at_kill = stack.unacked()
+        assert in_flight_at_kill > 0, "the killed worker held no unacknowledged message"
+    else:  # RabbitMQ puts a dead consumer's messages back as soon as its connection closes
+        unfinished = KILL_JOBS - finished_at_kill
+        wait_until(lambda: stack.depth() >= unfinished, timeout=30,
+                   what="RabbitMQ to requeue every unfinished job's message")
+        in_flight_at_kill = stack.depth()
+        assert stack.unacked() == 0
     stack.start_worker()
     ready_after = time.monotonic() - killed_at
     wait_until(lambda: stack.count_finished(job_ids) == KILL_JOBS, timeout=120, interval=0.2,
@@ -178,16 +189,16 @@ def test_sigkill_mid_batch_loses_no_job_and_results_match_a_clean_run(stack, ref
                     "queue nor the 'unacked' hash was lost between BRPOP and kombu's unacked bookkeeping: "
                     "see 'Known gap' in docs/reliability.md)")
     redelivery_seconds = time.monotonic() - killed_at
-    print(f"\n[delivery] SIGKILL test: {KILL_JOBS} jobs, {finished_at_kill} finished before the kill, "
-          f"{in_flight_at_kill} unacknowledged in the killed worker; new worker ready {ready_after:.1f}s "
-          f"after SIGKILL; all {KILL_JOBS} succeeded {redelivery_seconds:.1f}s after SIGKILL "
-          f"(VISIBILITY_TIMEOUT=10)")
+    held = "unacknowledged in the killed worker" if stack.broker.is_redis else "in the queue again at once"
+    print(f"\n[delivery] {stack.broker.kind}: SIGKILL test: {KILL_JOBS} jobs, {finished_at_kill} finished before "
+          f"the kill, {in_flight_at_kill} {held}; new worker ready {ready_after:.1f}s after SIGKILL; all "
+          f"{KILL_JOBS} succeeded {redelivery_seconds:.1f}s after SIGKILL (VISIBILITY_TIMEOUT=10 on Redis)")
 
     for job_id, text in zip(job_ids, texts):
         record = stack.store.get(job_id)
         assert_scores_match(record.public(), text, reference)
-    assert queue_depth(stack.redis, QUEUE) == 0
-    wait_until(lambda: stack.redis.hlen(UNACKED_HASH) == 0, timeout=30, what="no unacknowledged message left")
+    assert stack.depth() == 0
+    wait_until(lambda: stack.unacked() == 0, timeout=30, what="no unacknowledged message left")
 
 
 def test_one_text_that_breaks_inference_fails_only_its_own_job(stack, reference):
@@ -211,6 +222,19 @@ def test_one_text_that_breaks_inference_fails_only_its_own_job(stack, reference)
     assert "scoring each job alone" in worker.log_tail(100_000)  # they really shared a batch
 
 
+def assert_acknowledged_once(stack, worker, log_line: str) -> None:
+    """The message was acknowledged, not requeued: a marker job published after it is processed (the
+    worker takes messages in order, so a requeued one would be seen again by then), and the line is
+    logged exactly once."""
+    marker = str(uuid.uuid4())
+    stack.publish_raw(marker, [marker, MODEL, ["a marker job after the malformed one"]])
+    assert wait_for_job(stack.api.url, marker)["status"] == "succeeded"
+    wait_until(lambda: stack.unacked() == 0, timeout=30, what="no unacknowledged message left")
+    assert stack.depth() == 0
+    assert worker.log_tail(1_000_000).count(log_line) == 1
+    assert worker.alive()
+
+
 @pytest.mark.parametrize("args, reason", [
     (["JOB", MODEL], "expected (job_id, model, texts)"),
     (["JOB", MODEL, "not a list"], "texts must be a non-empty list of strings"),
@@ -223,9 +247,7 @@ def test_a_malformed_task_is_failed_once_not_retried(stack, args, reason):
     stack.publish_raw(job_id, [job_id if a == "JOB" else a for a in args])
     job = wait_for_job(stack.api.url, job_id)
     assert job["status"] == "failed" and job["error"] == f"malformed task message: {reason}"
-    time.sleep(1.5)  # a message that was requeued would show up again within this time
-    assert queue_depth(stack.redis, QUEUE) == 0 and stack.redis.hlen(UNACKED_HASH) == 0
-    assert worker.log_tail(1_000_000).count(f"request {job_id}: malformed") == 1
+    assert_acknowledged_once(stack, worker, f"request {job_id}: malformed")
     assert worker.alive()
 
 
@@ -235,9 +257,7 @@ def test_a_malformed_task_without_a_job_id_is_dropped_and_the_worker_serves_on(s
     stack.publish_raw(task_id, [], create_record=False)
     wait_until(lambda: f"request {task_id}: malformed" in worker.log_tail(1_000_000), timeout=30,
                what="the worker to reject the message")
-    time.sleep(1.5)
-    assert queue_depth(stack.redis, QUEUE) == 0 and stack.redis.hlen(UNACKED_HASH) == 0
-    assert worker.alive()
+    assert_acknowledged_once(stack, worker, f"request {task_id}: malformed")
     [job_id] = stack.submit(["the weather is nice today"])
     assert_scores_match(wait_for_job(stack.api.url, job_id), "the weather is nice today", reference)
 
@@ -254,13 +274,14 @@ def test_sigterm_to_a_busy_worker_finishes_its_batch_exits_0_and_loses_nothing(s
         assert worker.process.wait(60) == 0, worker.log_tail()
     finally:
         worker.stop()
-    assert "Restoring" in worker.log_tail()  # kombu put the prefetched, unstarted messages back
+    if stack.broker.is_redis:
+        assert "Restoring" in worker.log_tail()  # kombu put the prefetched, unstarted messages back
 
     statuses = stack.statuses(job_ids)
     # Nothing half-done: the batch in hand finished; what was only prefetched went back to the queue.
     assert set(statuses) <= {"succeeded", "queued"}, set(statuses)
-    assert statuses.count("queued") == queue_depth(stack.redis, QUEUE) > 0
-    assert stack.redis.hlen(UNACKED_HASH) == 0
+    assert statuses.count("queued") == stack.depth() > 0
+    assert stack.unacked() == 0
 
     stack.start_worker()
     wait_until(lambda: stack.count_finished(job_ids) == len(job_ids), timeout=90, interval=0.2,
@@ -281,22 +302,27 @@ def test_sigterm_to_gunicorn_drains_an_in_flight_request_and_exits_0(stack):
         answer["seconds"] = time.monotonic() - started
 
     client = threading.Thread(target=long_poll)
-    client.start()
-    time.sleep(1)  # the request is in flight, parked in its wait
-    api.process.send_signal(signal.SIGTERM)  # to the master only, as `docker stop` does
-    client.join(30)
-    try:
+    with api:
+        client.start()
+        # The request is in flight, parked in its wait: its subscription to the job's channel shows it.
+        wait_until(lambda: stack.redis.pubsub_numsub(f"moderation:job:{record.job_id}:done")[0][1] >= 1,
+                   timeout=10, interval=0.02, what="the long poll to subscribe")
+        api.process.send_signal(signal.SIGTERM)  # to the master only, as `docker stop` does
+        client.join(30)
+        assert not client.is_alive(), "the long poll did not return"
         assert api.process.wait(40) == 0, api.log_tail()
-    finally:
-        api.stop()
     response = answer["response"]
     assert response.status_code == 200 and response.json()["status"] == "queued"
     assert answer["seconds"] >= 2.5
 
 
 def test_a_job_whose_message_vanished_is_published_again_and_succeeds(stack, reference):
-    """What a worker SIGKILLed between kombu's BRPOP and its unacked write leaves: a record, no message."""
+    """What a worker SIGKILLed between kombu's BRPOP and its unacked write leaves: a record, no message.
+    RabbitMQ has no such window (it acknowledges on the broker) and runs no re-publisher."""
     worker = stack.ensure_worker()
+    if not stack.broker.is_redis:
+        assert "redelivery" not in worker.log_tail(1_000_000)
+        pytest.skip("the re-publisher runs only on the Redis transport")
     text = "the weather is nice today lost message"
     record = JobRecord(job_id=str(uuid.uuid4()), model=MODEL, queue=QUEUE, texts=[text],
                        enqueued_ts=time.time() - 60)

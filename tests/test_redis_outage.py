@@ -1,4 +1,5 @@
-"""Redis outages and a full queue, against a private Redis these tests stop, freeze and start again.
+"""Redis and broker outages and a full queue, against a private Redis these tests stop, freeze and start
+again, on both brokers (Redis, and RabbitMQ in a private vhost reached through a proxy the test stops).
 
 While Redis is unreachable the API answers 503 + Retry-After fast (short socket timeouts, no retry
 back-off), /readyz says why and /healthz stays 200; when Redis is back, the same API and worker
@@ -10,31 +11,30 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import ExitStack
 from types import SimpleNamespace
 
 import pytest
 import requests
 
-from shared.queue_stats import queue_depth
 from shared.queues import queue_for_model
-from tests.support import RedisServer, base_env, start_api, start_worker, wait_for_job, wait_until
+from tests.support import RedisServer, base_env, broker_for, start_api, start_worker, wait_for_job, wait_until
 
 FAST_ANSWER_SECONDS = 3  # "about a second" (REDIS_SOCKET_TIMEOUT=1), with room for a loaded machine
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_multilabel_model, tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("outage-redis")).start()
-    logs = tmp_path_factory.mktemp("outage-logs")
-    # "idle" has a queue but no worker, so its jobs pile up against MAX_QUEUE_DEPTH.
-    env = base_env(server.url, MODELS=f"tiny={tiny_multilabel_model},idle={tiny_multilabel_model}",
-                   DEFAULT_MODEL="tiny", WORKER_MODELS="tiny", MAX_QUEUE_DEPTH="5")
-    api = start_api(env, logs / "api.log")
-    worker = start_worker(env, logs / "worker.log", models=["tiny"])
-    yield SimpleNamespace(redis=server, api=api, url=api.url, worker=worker)
-    worker.stop()
-    api.stop()
-    server.stop()
+def stack(broker_kind, tiny_multilabel_model, tmp_path_factory):
+    logs = tmp_path_factory.mktemp(f"outage-logs-{broker_kind}")
+    with ExitStack() as cleanup:  # each process is stopped even if a later set-up step fails
+        server = cleanup.enter_context(RedisServer(tmp_path_factory.mktemp("outage-redis")).start())
+        broker = cleanup.enter_context(broker_for(broker_kind, server.url, proxied=True))
+        # "idle" has a queue but no worker, so its jobs pile up against MAX_QUEUE_DEPTH.
+        env = base_env(server.url, MODELS=f"tiny={tiny_multilabel_model},idle={tiny_multilabel_model}",
+                       DEFAULT_MODEL="tiny", WORKER_MODELS="tiny", MAX_QUEUE_DEPTH="5", CELERY_BROKER_URL=broker.url)
+        api = cleanup.enter_context(start_api(env, logs / "api.log"))
+        worker = cleanup.enter_context(start_worker(env, logs / "worker.log", models=["tiny"]))
+        yield SimpleNamespace(redis=server, broker=broker, env=env, api=api, url=api.url, worker=worker)
 
 
 def submit(url: str, text: str, model: str = "tiny") -> requests.Response:
@@ -104,14 +104,31 @@ def test_a_hung_redis_times_out_into_503_and_recovers(stack):
     assert_recovered(stack, worker_pid)
 
 
+def test_broker_stopped_answers_503_fast_and_recovers_without_restarts(stack):
+    """The broker alone is down (for Redis, the one server is both): nothing is accepted, fast."""
+    job_id = finished_job(stack)
+    worker_pid = stack.worker.process.pid
+    outage = stack.redis if stack.broker.is_redis else stack.broker.proxy
+    outage.stop()
+    try:
+        for _ in range(3):
+            response, seconds = timed("POST", stack.url + "/generate", json={"input_text": "hello"})
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "unavailable" and response.headers["Retry-After"] == "1"
+            assert seconds < FAST_ANSWER_SECONDS, seconds
+    finally:
+        outage.start()
+    assert_recovered(stack, worker_pid)
+    assert requests.get(f"{stack.url}/jobs/{job_id}", timeout=5).json()["status"] == "succeeded"
+
+
 def test_past_max_queue_depth_generate_answers_503_queue_full(stack):
-    client = stack.redis.client()
     accepted = [submit(stack.url, f"queued text {i}", model="idle") for i in range(5)]
     assert [r.status_code for r in accepted] == [202] * 5
     sixth = submit(stack.url, "one too many", model="idle")
     assert sixth.status_code == 503 and sixth.headers["Retry-After"] == "1"
     assert sixth.json()["error"]["code"] == "queue_full"
-    assert queue_depth(client, queue_for_model("idle")) == 5
+    assert stack.broker.depth(stack.env, queue_for_model("idle")) == 5
     for response in accepted:
         job = requests.get(f"{stack.url}/jobs/{response.json()['job_id']}", timeout=5).json()
         assert job["status"] == "queued"

@@ -1,16 +1,20 @@
 """`make run`'s supervisor (`python -m scripts.run`): restarts a dead worker, keeps the API and Redis,
-starts a private Redis only when none answers, and stops everything on SIGTERM."""
+keeps watching every child while one backs off, starts a private Redis only for a local REDIS_URL that
+does not answer, runs WORKERS worker processes, and stops everything on SIGTERM."""
 
 from __future__ import annotations
 
 import signal
 import sys
+import time
 
 import psutil
 import pytest
 import requests
 
 from scripts.redis_server import answers
+from scripts.run import Child, private_redis, supervise_once
+from shared.worker_registry import live_workers
 from tests.support import Proc, base_env, free_port, wait_for_job, wait_until
 
 
@@ -102,16 +106,66 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_everything(tiny_multilab
         requests.get(api_url(env) + "/healthz", timeout=5)
 
 
-def test_an_answering_redis_is_used_not_started(redis_server, tiny_multilabel_model, tmp_path):
-    env = supervisor_env(redis_server.url, tiny_multilabel_model, tmp_path / "redis")
+def worker_children(proc: Proc) -> list[int]:
+    return [child.pid for child in psutil.Process(proc.process.pid).children()
+            if child.status() != psutil.STATUS_ZOMBIE and "-m worker" in " ".join(child.cmdline())]
+
+
+def test_an_answering_redis_is_used_not_started_and_workers_2_runs_two(redis_server, tiny_multilabel_model,
+                                                                       tmp_path):
+    env = {**supervisor_env(redis_server.url, tiny_multilabel_model, tmp_path / "redis"), "WORKERS": "2",
+           "WORKER_METRICS_PORT": "0"}
     proc = start_supervisor(env, tmp_path / "run.log")
     try:
         wait_until(lambda: status_code(api_url(env) + "/healthz") == 200, timeout=60, what="the API")
         running = children(proc)
         assert set(running) == {"worker", "api"}
-        assert "starting a private one" not in proc.log_tail()
-        stop_supervisor(proc, list(running.values()))
+        assert len(workers := worker_children(proc)) == 2
+        assert "starting a private one" not in proc.log_tail() and "2 worker process(es)" in proc.log_tail()
+        wait_until(lambda: live_workers(redis_server.client(), ["default"])["default"] == 2, timeout=180,
+                   what="both workers to serve the default model")
+        stop_supervisor(proc, [running["api"], *workers])
     finally:
         proc.stop()
     assert answers("127.0.0.1", redis_server.port)
     assert not (tmp_path / "redis").exists()
+
+
+def test_every_child_is_watched_while_one_backs_off(capsys):
+    """A child in its restart back-off must not blind the supervisor to the others (real processes)."""
+    crashing = Child("crashing", ["false"])  # exits at once, every time: its back-off grows
+    steady = Child("steady", ["sleep", "60"])
+    children = [crashing, steady]
+    try:
+        for child in children:
+            child.start()
+        wait_until(lambda: crashing.process.poll() is not None, timeout=10, what="the crashing child to exit")
+        supervise_once(children)
+        assert crashing.restart_at is not None and crashing.restart_at - time.monotonic() > 1.5  # backing off
+        steady.process.kill()
+        steady.process.wait(5)
+        killed_at = time.monotonic()
+        supervise_once(children)  # one pass notices the other death while the first child still waits
+        assert steady.restart_at is not None and time.monotonic() - killed_at < 1.0
+        assert crashing.restart_at > time.monotonic()
+        assert "steady exited with code -9; restarting it in" in capsys.readouterr().out
+        wait_until(lambda: (supervise_once(children), steady.restart_at is None)[1], timeout=5, interval=0.1,
+                   what="the steady child to be started again")
+        assert steady.process.poll() is None
+    finally:
+        for child in children:
+            if child.process and child.process.poll() is None:
+                child.process.kill()
+                child.process.wait(5)
+
+
+@pytest.mark.parametrize("url, starts", [
+    ("redis://127.0.0.1:{free}/0", True),           # local and silent: start a private one
+    ("redis://localhost:{free}/0", True),
+    ("redis://:secret@127.0.0.1:{free}/0", False),  # password-protected: someone else's server
+    ("redis://redis.example.internal:6379/0", False),  # remote: never ours to start
+    ("redis://127.0.0.1:{answering}/0", False),     # answers: use it
+])
+def test_a_private_redis_only_for_a_local_url_that_does_not_answer(redis_server, url, starts):
+    url = url.format(free=free_port(), answering=redis_server.port)
+    assert (private_redis({"REDIS_URL": url}) is not None) == starts

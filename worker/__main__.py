@@ -1,31 +1,30 @@
 """`python -m worker`: load the model(s), then run a Celery worker on their queues.
 
-The model is loaded here, before Celery starts, so a broken MODEL_PATH exits non-zero with one
-clear log line and the worker never advertises itself (so /readyz stays false). The pool is
-Celery's threads pool with one thread: inference runs while the consumer gathers the next batch,
-and nothing forks after torch (or CUDA) is initialised. Scale with more worker processes
-(one per GPU, or per container), not more threads.
+Settings are read here, in main: a malformed environment variable exits 2 with one log line, and a
+model that cannot load exits 3 before the worker consumes anything or advertises itself (so /readyz
+stays false). The pool is Celery's threads pool with one thread: inference runs while the consumer
+gathers the next batch, and nothing forks after torch (or CUDA) is initialised. Scale with more worker
+processes (one per GPU, or per container, or `make run WORKERS=N`), not more threads.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
-import socket
 import subprocess
 import sys
 
-from celery import signals
 from prometheus_client import start_http_server
 
-from shared.celery_app import celery_app
+from shared.celery_app import celery_app, configure_celery
 from shared.config import ConfigError, get_settings
 from shared.queues import queue_for_model
-from shared.redis_client import make_redis
 from worker.healthcheck import write_nodename
 
 log = logging.getLogger("worker")
+
+EXIT_CONFIG_ERROR = 2
+EXIT_MODEL_LOAD_ERROR = 3
 
 
 def serve_metrics(first: int, last: int) -> int:
@@ -47,39 +46,30 @@ def main(argv: list[str]) -> int:
         settings = get_settings()
     except ConfigError as exc:
         log.critical("configuration error: %s", exc)
-        return 2
+        return EXIT_CONFIG_ERROR
     from worker.inference import ModelLoadError
     from worker.runtime import load_runtime
     try:
-        runtime = load_runtime(settings)
+        load_runtime(settings)
     except ModelLoadError as exc:
         log.critical("model failed to load, exiting: %s", exc)
-        return 3
+        return EXIT_MODEL_LOAD_ERROR
     if settings.worker_metrics_port:
         port = serve_metrics(settings.worker_metrics_port, settings.worker_metrics_port_last)
         log.info("metrics on http://0.0.0.0:%d/metrics", port)
 
-    import worker.tasks  # noqa: F401  (registers the task)
-    from worker.heartbeat import Heartbeat
-    from worker.redelivery import RedeliverySweeper
+    from worker import bootsteps, tasks
+    configure_celery(celery_app, settings)
+    tasks.configure_batching(settings)
+    bootsteps.install(celery_app)
 
-    # The random part keeps names unique where containers share a host name and PID numbers
-    # (host networking): the registry and the redelivery sweeper key on this name.
-    hostname = f"moderation-{os.getpid()}@{socket.gethostname()}.{secrets.token_hex(3)}"
-    write_nodename(hostname)
-    models = list(settings.worker_models)
-    client = make_redis(settings)
-    background = [Heartbeat(client, hostname, models),
-                  RedeliverySweeper(client, runtime.store, celery_app, hostname, models)]
+    from worker.deliveries import worker_name
+    hostname = worker_name()
+    write_nodename(hostname)  # for the container's healthcheck (worker/healthcheck.py)
     # Webhook deliveries run in their own small process (worker/webhooks.py), never on the batch threads.
     webhooks = subprocess.Popen([sys.executable, "-m", "worker.webhooks"]) if settings.webhook_allowed_hosts \
         else None
-    signals.worker_ready.connect(lambda **_: [task.start() for task in background], weak=False)
-    signals.worker_shutting_down.connect(lambda **_: [task.stop() for task in background], weak=False)
-    if webhooks:
-        signals.worker_shutting_down.connect(lambda **_: webhooks.terminate(), weak=False)
-
-    queues = ",".join(queue_for_model(m) for m in models)
+    queues = ",".join(queue_for_model(m) for m in settings.worker_models)
     celery_app.worker_main([
         "worker", "--pool", "threads", "--concurrency", str(settings.worker_concurrency),
         "--queues", queues, "--hostname", hostname, "--without-mingle", "--without-gossip",

@@ -2,11 +2,18 @@
 
 Returns the ids of the requests whose outcome is safely in Redis; worker/tasks.py acknowledges
 exactly those and requeues the rest, so a crash or a Redis error never loses a job.
+
+Jobs delivered for the first time share forward passes. A job that already reached the model once
+(its worker died, or its result could not be stored) runs alone, after the batch's first-time jobs
+are stored: if it is what kills the process, it takes no innocent job down with it, and past
+MAX_DELIVERIES it is failed instead of run (worker/deliveries.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 from shared.celery_app import celery_app
 from shared.jobs import FINISHED
 from worker import metrics
+from worker.deliveries import poison_error
 from worker.followups import after_batch
 from worker.inference import PassStats
 from worker.policy import moderation_result
@@ -66,9 +74,17 @@ def _observe_pass(model: str):
     return observe
 
 
+def _crash_if_marked(texts: list[str], marker: str) -> None:
+    """Test-only (TEST_CRASH_ON_TEXT, unset in production): die as a native crash in the model would."""
+    if marker and any(marker in text for text in texts):
+        log.error("TEST_CRASH_ON_TEXT matched: killing this worker process")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _score_together(served: ServedModel, jobs: list[Job], settings) -> list[Outcome]:
     """All texts of these jobs in shared forward passes; cached texts skip inference."""
     unique = list(dict.fromkeys(text for job in jobs for text in job.texts))
+    _crash_if_marked(unique, settings.test_crash_on_text)
     cached = served.cache.get_many(unique)
     scores = {text: row for text, row in zip(unique, cached) if row is not None}
     missing = [text for text in unique if text not in scores]
@@ -122,20 +138,38 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
             live.append(job)
             live_ids.add(job.job_id)
             metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, time.time() - float(enqueued_ts or 0)))
-    store.mark_running([job.job_id for job in live])
+    fresh, retried = [], []
+    for job, count in zip(live, runtime.deliveries.counts([job.job_id for job in live])):
+        (retried if count else fresh).append((job, count))
 
-    by_model: dict[str, list[Job]] = defaultdict(list)
-    for job in live:
-        by_model[job.model].append(job)
-    for model, model_jobs in by_model.items():
-        outcomes.extend(score_jobs(runtime.models[model], model_jobs, settings))
-
+    outcomes.extend(_run_jobs(runtime, [job for job, _ in fresh]))
     store.finish_many(outcomes)
+    for job, count in retried:  # one at a time, each stored before the next runs
+        if count >= settings.max_deliveries:
+            log.error("job %s reached the model %d times without finishing; failing it", job.job_id, count)
+            outcome = [(job.job_id, None, poison_error(count))]
+        else:
+            outcome = _run_jobs(runtime, [job])
+        store.finish_many(outcome)
+        outcomes.extend(outcome)
     after_batch(store.redis, celery_app, {job.job_id: job.model for job in live}, outcomes)
     for job in live:
         done_request_ids.append(job.request_id)
     _count_outcomes(live, outcomes)
     return done_request_ids
+
+
+def _run_jobs(runtime: WorkerRuntime, jobs: list[Job]) -> list[Outcome]:
+    """Count the attempt, mark the jobs running, and score them (jobs of one model share passes)."""
+    if not jobs:
+        return []
+    runtime.deliveries.record([job.job_id for job in jobs])
+    runtime.store.mark_running([job.job_id for job in jobs])
+    by_model: dict[str, list[Job]] = defaultdict(list)
+    for job in jobs:
+        by_model[job.model].append(job)
+    return [outcome for model, model_jobs in by_model.items()
+            for outcome in score_jobs(runtime.models[model], model_jobs, runtime.settings)]
 
 
 def _count_outcomes(live: list[Job], outcomes: list[Outcome]) -> None:

@@ -8,7 +8,13 @@ oldest message still in its queue (queues are FIFO, so its message has left the 
 kombu's unacknowledged hash, and is older than a grace period (a message can be in flight between
 the pop and the unacked write). Such a job is published again with its stored texts. A duplicate
 is harmless: finishing is idempotent and the worker skips finished jobs.
-One sweep per SWEEP_INTERVAL across all workers (a Redis lock).
+One sweep per SWEEP_INTERVAL across all workers (a lock in the broker's Redis).
+
+Only on the Redis transport (RabbitMQ acknowledges on the broker: nothing is lost between a pop and
+a record). The queue and the `unacked` hash are read from the broker's Redis (CELERY_BROKER_URL), the
+records and the pending sets from the record Redis (REDIS_URL): they may be two servers. An `unacked`
+entry this code cannot parse stops the sweep (fail closed): if kombu's format changed, every held job
+would otherwise look lost and be published again.
 """
 
 from __future__ import annotations
@@ -33,29 +39,37 @@ UNACKED_HASH = "unacked"  # kombu's default unacked_key
 LOCK_KEY = "moderation:redelivery-lock"
 
 
+class UnreadableUnacked(RuntimeError):
+    """kombu's `unacked` hash holds an entry in a shape this code does not know."""
+
+
 def unacked_task_ids(client: redis.Redis) -> set[str]:
-    """Task ids of messages some worker holds (delivered, not yet acknowledged)."""
+    """Task ids of messages some worker holds (delivered, not yet acknowledged); `client` is the broker's."""
     ids = set()
-    for raw in client.hvals(UNACKED_HASH):
+    for tag, raw in client.hgetall(UNACKED_HASH).items():
         try:
-            ids.add(json.loads(raw)[0]["headers"]["id"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            continue
+            task_id = json.loads(raw)[0]["headers"]["id"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UnreadableUnacked(f"cannot read kombu's unacked entry {tag!r}: {exc!r}") from exc
+        if not isinstance(task_id, str):
+            raise UnreadableUnacked(f"kombu's unacked entry {tag!r} has no string task id")
+        ids.add(task_id)
     return ids
 
 
-def republish_lost_jobs(client: redis.Redis, store: JobStore, celery: Celery, models: list[str]) -> list[str]:
+def republish_lost_jobs(broker: redis.Redis, store: JobStore, celery: Celery, models: list[str]) -> list[str]:
+    """`broker`: a client on the broker's Redis; `store`: the job records (possibly another Redis)."""
     republished = []
     for model in models:
         queue = queue_for_model(model)
         cutoff = time.time() - GRACE_SECONDS
-        oldest = oldest_enqueued_at(client, queue)
+        oldest = oldest_enqueued_at(broker, queue)
         if oldest is not None:
             cutoff = min(cutoff, oldest - 0.001)
         candidates = store.pending_before(queue, cutoff)
         if not candidates:
             continue
-        held = unacked_task_ids(client)
+        held = unacked_task_ids(broker)
         for job_id in candidates:
             if job_id in held:
                 continue
@@ -74,8 +88,10 @@ def republish_lost_jobs(client: redis.Redis, store: JobStore, celery: Celery, mo
 
 
 class RedeliverySweeper:
-    def __init__(self, client: redis.Redis, store: JobStore, celery: Celery, hostname: str, models: list[str]):
-        self.client, self.store, self.celery = client, store, celery
+    """The sweep loop, in its own thread (started and stopped by worker/bootsteps.py)."""
+
+    def __init__(self, broker: redis.Redis, store: JobStore, celery: Celery, hostname: str, models: list[str]):
+        self.broker, self.store, self.celery = broker, store, celery
         self.hostname, self.models = hostname, models
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="redelivery", daemon=True)
@@ -89,7 +105,7 @@ class RedeliverySweeper:
     def _run(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):
             try:
-                if self.client.set(LOCK_KEY, self.hostname, nx=True, ex=int(SWEEP_INTERVAL)):
-                    republish_lost_jobs(self.client, self.store, self.celery, self.models)
-            except Exception as exc:  # Redis down or a broker error: try again next sweep
+                if self.broker.set(LOCK_KEY, self.hostname, nx=True, ex=int(SWEEP_INTERVAL)):
+                    republish_lost_jobs(self.broker, self.store, self.celery, self.models)
+            except Exception as exc:  # Redis down, a broker error, an unreadable unacked entry: next sweep
                 log.warning("redelivery sweep failed: %s", exc)

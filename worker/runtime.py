@@ -17,6 +17,7 @@ from shared.model_registry import ModelSpec, build_spec
 from shared.redis_client import make_redis
 from worker import metrics
 from worker.cache import ScoreCache
+from worker.deliveries import DeliveryCounter
 from worker.inference import TextClassifier, cpu_quota
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class WorkerRuntime:
     settings: Settings
     store: JobStore
     models: dict[str, ServedModel]
+    deliveries: DeliveryCounter
 
 
 _runtime: WorkerRuntime | None = None
@@ -61,7 +63,8 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
         metrics.WORKER_INFO.labels(name, classifier.device, __version__).set(1)
         log.info("loaded model %s from %s on %s in %.1fs (labels: %s)", name, path, classifier.device,
                  classifier.load_seconds, ", ".join(spec.labels))
-    _runtime = WorkerRuntime(settings, JobStore(client, settings.result_ttl), served)
+    _runtime = WorkerRuntime(settings, JobStore(client, settings.result_ttl), served,
+                             DeliveryCounter(client, settings.result_ttl, settings.max_deliveries))
     return _runtime
 
 

@@ -15,12 +15,10 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import celery_app
-from shared.config import get_settings
+from shared.config import Settings
 from shared.queues import MODERATE_TASK
 from worker.pipeline import process_batch
 from worker.runtime import get_runtime
-
-_settings = get_settings()
 
 
 class AckStoredBatches(Batches):
@@ -32,7 +30,7 @@ class AckStoredBatches(Batches):
     down, stay unacknowledged until the visibility timeout brings them back).
     """
 
-    max_in_flight = _settings.worker_concurrency
+    max_in_flight = 1  # configure_batching() sets it and the batch size from the settings
 
     def __init__(self):
         super().__init__()
@@ -71,12 +69,13 @@ class AckStoredBatches(Batches):
             self.flush([])
 
 
-@celery_app.task(
-    name=MODERATE_TASK,
-    base=AckStoredBatches,
-    flush_every=_settings.batch_max_texts,
-    flush_interval=_settings.batch_max_wait_ms / 1000.0,
-    acks_late=True,
-)
+def configure_batching(settings: Settings) -> None:
+    """Called by `python -m worker` before the worker starts (the task class is instantiated then)."""
+    AckStoredBatches.max_in_flight = settings.worker_concurrency
+    AckStoredBatches.flush_every = settings.batch_max_texts
+    AckStoredBatches.flush_interval = settings.batch_max_wait_ms / 1000.0
+
+
+@celery_app.task(name=MODERATE_TASK, base=AckStoredBatches, acks_late=True)
 def moderate(requests):
     return process_batch(get_runtime(), requests)

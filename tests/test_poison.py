@@ -1,0 +1,72 @@
+"""A job whose processing kills the worker process is failed after MAX_DELIVERIES attempts instead of
+killing every worker forever, and the innocent jobs of the batch it crashed all succeed. On both brokers.
+
+The crash is the worker's test-only hook TEST_CRASH_ON_TEXT (worker/pipeline.py): a job containing the
+marker SIGKILLs its worker process, as an out-of-memory kill or a native crash in a tokenizer would.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack
+
+import pytest
+
+from shared.celery_app import make_celery
+from shared.jobs import FINISHED, JobRecord, JobStore
+from shared.queues import MODERATE_TASK, queue_for_model
+from tests.support import Proc, base_env, broker_for, wait_until, worker_command
+from worker.deliveries import poison_error
+
+MODEL = "tiny"
+QUEUE = queue_for_model(MODEL)
+MARKER = "CRASH-THE-WORKER-HERE"
+INNOCENT = 20
+
+
+@pytest.fixture
+def poison_stack(broker_kind, redis_server, tiny_multilabel_model, tmp_path):
+    client = redis_server.client()
+    client.flushall()
+    with broker_for(broker_kind, redis_server.url) as broker:
+        # BATCH_MAX_WAIT_MS=300: the marker job and the innocent ones arrive in one batch.
+        env = base_env(redis_server.url, MODELS=f"{MODEL}={tiny_multilabel_model}", DEFAULT_MODEL=MODEL,
+                       CELERY_BROKER_URL=broker.url, VISIBILITY_TIMEOUT="3", BATCH_MAX_WAIT_MS="300",
+                       MAX_DELIVERIES="3", TEST_CRASH_ON_TEXT=MARKER)
+        yield env, broker, JobStore(client, 3600)
+
+
+def test_a_job_that_kills_its_worker_fails_after_max_deliveries_and_the_rest_succeed(poison_stack, tmp_path):
+    env, broker, store = poison_stack
+    celery = make_celery(broker.settings(env))
+    texts = [f"innocent text number {i}" for i in range(INNOCENT)]
+    texts.insert(INNOCENT // 2, f"this one is poison {MARKER}")
+    job_ids = [str(uuid.uuid4()) for _ in texts]
+    for job_id, text in zip(job_ids, texts):  # all queued before any worker runs: they share a batch
+        store.create(JobRecord(job_id=job_id, model=MODEL, queue=QUEUE, texts=[text]))
+        celery.send_task(MODERATE_TASK, args=[job_id, MODEL, [text]], queue=QUEUE, task_id=job_id)
+    poison_id = job_ids[INNOCENT // 2]
+
+    def all_finished() -> bool:
+        return all(status in FINISHED for status, _ in store.states(job_ids))
+
+    deaths = 0
+    with ExitStack() as cleanup:
+        while not all_finished():
+            assert deaths <= 3, "the poison job killed more workers than MAX_DELIVERIES allows"
+            worker = cleanup.enter_context(Proc(worker_command(), env, tmp_path / f"worker-{deaths}.log"))
+            wait_until(lambda w=worker: not w.alive() or all_finished(), timeout=180, interval=0.2,
+                       what="the worker to die on the marker or every job to finish")
+            if not worker.alive():
+                assert "TEST_CRASH_ON_TEXT matched" in worker.log_tail(100_000)
+                deaths += 1
+
+    records = {job_id: store.get(job_id) for job_id in job_ids}
+    poison = records.pop(poison_id)
+    assert poison.status == "failed" and poison.error == poison_error(3) == \
+        "the worker died while processing this job 3 times"
+    assert {record.status for record in records.values()} == {"succeeded"}, \
+        {job_id: (r.status, r.error) for job_id, r in records.items() if r.status != "succeeded"}
+    assert deaths == 3
+    print(f"\n[poison] {broker.kind}: {INNOCENT} innocent jobs succeeded, the marker job failed after {deaths} "
+          f"worker deaths")

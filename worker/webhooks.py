@@ -20,7 +20,7 @@ import requests
 from celery.utils.time import get_exponential_backoff_interval
 
 from shared import __version__
-from shared.celery_app import celery_app
+from shared.celery_app import celery_app, configure_celery
 from shared.config import get_settings
 from shared.jobs import JobStore
 from shared.redis_client import make_redis
@@ -92,6 +92,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    configure_celery(celery_app, settings)
     celery_app.worker_main([
         "worker", "--pool", "threads", "--concurrency", str(settings.webhook_concurrency),
         "--queues", WEBHOOK_QUEUE, "--hostname", f"webhooks-{os.getpid()}@{socket.gethostname()}",

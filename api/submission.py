@@ -47,14 +47,13 @@ def submit_job(texts: list[str], model: str | None, callback_url: str | None = N
     depth_results = queues.add_depth(pipe, spec.queue) if queues.shares_record_redis else 0
     svc.store.create(record, pipe)
     results = pipe.execute()
-    depth = sum(results[:depth_results]) if queues.shares_record_redis else queues.depth(spec.queue)
-    if depth >= svc.settings.max_queue_depth:
-        svc.store.delete(record)
-        count_rejection(names.REJECT_QUEUE_FULL)
-        raise APIError(503, "queue_full", f"the {spec.name} queue holds MAX_QUEUE_DEPTH="
-                       f"{svc.settings.max_queue_depth} jobs; retry later",
-                       headers={"Retry-After": RETRY_AFTER_SECONDS})
-    try:
+    try:  # whatever fails from here (a full queue, the broker down) removes the record it wrote
+        depth = sum(results[:depth_results]) if queues.shares_record_redis else queues.depth(spec.queue)
+        if depth >= svc.settings.max_queue_depth:
+            count_rejection(names.REJECT_QUEUE_FULL)
+            raise APIError(503, "queue_full", f"the {spec.name} queue holds MAX_QUEUE_DEPTH="
+                           f"{svc.settings.max_queue_depth} jobs; retry later",
+                           headers={"Retry-After": RETRY_AFTER_SECONDS})
         publish_job(svc.celery, record.job_id, spec.name, texts, record.enqueued_ts)
     except Exception:
         svc.store.delete(record)

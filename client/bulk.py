@@ -26,7 +26,8 @@ FATAL_CODES = frozenset({"unknown_model"})
 
 
 class FatalError(Exception):
-    """A failure that applies to the whole run (bad API key, unknown model)."""
+    """A failure of the whole run, not of a row (bad API key, unknown model, the service failing): the run
+    stops, and re-running the same command resumes it."""
 
 
 @dataclass
@@ -94,8 +95,8 @@ class BulkModerator:
                 job = self.client.wait(job.job_id, timeout=self.job_timeout)
         except AuthenticationError as exc:
             raise FatalError(f"the service refused the API key: {exc.message}") from exc
-        except RateLimitedError as exc:  # still throttled after the client's retries: splitting would not help
-            return [(row, None, (exc.code, exc.message)) for row in rows]
+        except RateLimitedError as exc:  # still throttled after the client's retries
+            raise FatalError(f"still rate limited after {self.client.max_retries} retries: {exc.message}") from exc
         except ClientError as exc:
             if exc.code in FATAL_CODES:
                 raise FatalError(exc.message) from exc
@@ -103,8 +104,9 @@ class BulkModerator:
                 return [outcome for row in rows for outcome in self._moderate([row])]
             return [(rows[0], None, (exc.code, exc.message))]
         except ModerationError as exc:
-            code = getattr(exc, "code", None) or type(exc).__name__
-            return [(row, None, (code, str(exc))) for row in rows]
+            # Unreachable, still 429/503 after the client's retries, a 5xx, a job past --job-timeout: the
+            # service is failing, not the rows. Stop (what is written stays) rather than mark every row failed.
+            raise FatalError(f"the service failed: {exc}") from exc
         if job.succeeded and job.results is not None and len(job.results) == len(rows):
             return [(row, result.to_json(), None) for row, result in zip(rows, job.results)]
         if len(rows) > 1:

@@ -25,7 +25,8 @@ from client.errors import ModerationError
 from client.models import ModerationResult
 from client.rows import FORMATS, InputError, detect_format, load_results, read_rows, record_key
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# 1: some rows failed (each is in the output with its error); 3: the service failed and the run stopped.
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=os.environ.get("MODERATION_API_KEY") or None,
                         help="Bearer API key (env MODERATION_API_KEY)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request (default 30)")
+    parser.add_argument("--max-retries", type=int, default=8,
+                        help="retries of a 429/503 answer or a refused connection, honouring Retry-After (default 8)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     bulk = commands.add_parser("moderate", help="moderate every row of a CSV, JSONL or text file",
@@ -82,9 +85,8 @@ def _open_output(path: str, overwrite: bool) -> tuple[IO[str], list[dict[str, An
 
 
 def _summary(tally: Tally, total: int, skipped: int, written_now: int, elapsed: float, output: str,
-             interrupted: bool) -> str:
-    lines = ["", "moderation summary" + ("  (INTERRUPTED: run the same command again to resume)" if interrupted
-                                         else "")]
+             stopped: str | None) -> str:
+    lines = ["", "moderation summary" + (f"  ({stopped}: run the same command again to resume)" if stopped else "")]
     lines.append(f"  input rows     {total}")
     lines.append(f"  in output      {tally.rows}  ({skipped} from earlier runs, {written_now} this run)")
     moderated = tally.rows - tally.failed
@@ -136,24 +138,26 @@ def cmd_moderate(args: argparse.Namespace, client: ModerationClient) -> int:
         tally.add(record)
 
     started = time.monotonic()
-    interrupted = False
+    stopped, status = None, EXIT_OK
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         moderate_rows(client, pending, out, model=args.model, batch_size=batch_size,
                       concurrency=max(1, args.concurrency), job_timeout=args.job_timeout,
                       include_text=args.include_text, on_record=on_record, on_progress=on_progress)
     except KeyboardInterrupt:
-        interrupted = True
+        stopped, status = "INTERRUPTED", EXIT_INTERRUPTED
+    except FatalError as exc:
+        stopped, status = f"STOPPED, {exc}", EXIT_STOPPED
     finally:
         progress.close()
         if out is not sys.stdout:
             out.close()
         else:
             out.flush()
-    print(_summary(tally, len(rows), skipped, written_now, time.monotonic() - started, args.output, interrupted),
+    print(_summary(tally, len(rows), skipped, written_now, time.monotonic() - started, args.output, stopped),
           file=sys.stderr)
-    if interrupted:
-        return EXIT_INTERRUPTED
+    if stopped:
+        return status
     return EXIT_FAILURES if tally.failed else EXIT_OK
 
 
@@ -231,7 +235,8 @@ COMMANDS = {"moderate": cmd_moderate, "check": cmd_check, "status": cmd_status}
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with ModerationClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        with ModerationClient(args.url, api_key=args.api_key, timeout=args.timeout,
+                              max_retries=max(0, args.max_retries)) as client:
             return COMMANDS[args.command](args, client)
     except (InputError, OSError) as exc:
         print(f"moderation: {exc}", file=sys.stderr)

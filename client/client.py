@@ -99,7 +99,7 @@ class ModerationClient:
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._limits: ServerLimits | None = None
         self._lock = threading.Lock()
-        self.retries = 0  # 429/503 answers slept through so far (all threads)
+        self.retries = 0  # 429/503 answers and connection failures slept through so far (all threads)
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -120,24 +120,32 @@ class ModerationClient:
         delay = max(parse_retry_after(response.headers.get("Retry-After")) or 0.0, floor)
         return min(delay * (1 + random.random() / 10), self.max_retry_wait)
 
+    def _sleep_before_retry(self, method: str, path: str, why: str, delay: float) -> None:
+        with self._lock:
+            self.retries += 1
+        log.info("%s %s: %s; retrying in %.1fs", method, path, why, delay)
+        time.sleep(min(delay, self.max_retry_wait))
+
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = None, retry: bool = True) -> httpx.Response:
-        """One API call; raises the APIError subclass of an error answer, after bounded 429/503 retries."""
+        """One API call; raises the APIError subclass of an error answer, after bounded retries of 429/503
+        answers and of connection failures (ServiceUnreachableError once they run out)."""
         attempt = 0
         while True:
             try:
                 response = self._http.request(method, path, json=json, params=params,
                                               timeout=timeout if timeout is not None else self.timeout)
             except httpx.TransportError as exc:
+                # Retry only where no job can have been created twice: the connection never opened, or a read.
+                if retry and attempt < self.max_retries and (isinstance(exc, httpx.ConnectError) or method == "GET"):
+                    self._sleep_before_retry(method, path, repr(exc), MIN_RETRY_DELAY * 2 ** attempt)
+                    attempt += 1
+                    continue
                 raise ServiceUnreachableError(f"{method} {self.base_url}{path}: {exc!r}") from exc
             if response.status_code < 400:
                 return response
             if retry and response.status_code in RETRY_STATUSES and attempt < self.max_retries:
-                delay = self._retry_delay(response, attempt)
-                with self._lock:
-                    self.retries += 1
-                log.info("%s %s answered %s; retrying in %.1fs", method, path, response.status_code, delay)
-                time.sleep(delay)
+                self._sleep_before_retry(method, path, str(response.status_code), self._retry_delay(response, attempt))
                 attempt += 1
                 continue
             raise error_from_response(response, parse_retry_after(response.headers.get("Retry-After")))

@@ -291,10 +291,25 @@ def test_status_when_the_service_is_not_ready(stack):
 def test_unreachable_service_and_unknown_model_stop_with_a_message(stack, tmp_path):
     source = tmp_path / "a.txt"
     source.write_text("hello\n")
-    run = moderation({**stack, "api": "http://127.0.0.1:9"}, "check", "hello")
+    run = moderation({**stack, "api": "http://127.0.0.1:9"}, "--max-retries", "1", "check", "hello")
     assert run.returncode == 2 and "127.0.0.1:9" in run.stderr
     run = moderation(stack, "moderate", str(source), "--model", "nope", "--no-progress")
-    assert run.returncode == 2 and "nope" in run.stderr
+    assert run.returncode == 3 and "nope" in run.stderr and "STOPPED" in run.stderr
+
+
+def test_a_failing_service_stops_the_run_instead_of_failing_rows(stack, tmp_path):
+    import redis
+    redis.Redis.from_url(stack["full_redis"]).flushdb()
+    source = tmp_path / "b.txt"
+    source.write_text("".join(f"{text}\n" for text in TEXTS))
+    out = tmp_path / "b.jsonl"
+    # No worker serves that API's queue: the first job never finishes, the next finds the queue full.
+    run = moderation({**stack, "api": stack["full"]}, "--max-retries", "1", "moderate", str(source), "-o", str(out),
+                     "--batch-size", "2", "--concurrency", "2", "--job-timeout", "2", "--no-progress")
+    assert run.returncode == 3, run.stderr
+    assert "STOPPED, the service failed" in run.stderr and "run the same command again to resume" in run.stderr
+    assert out.read_text() == ""  # no row is marked failed for the service's fault
+    redis.Redis.from_url(stack["full_redis"]).flushdb()
 
 
 def test_queue_from_metrics_parses_the_gauges():

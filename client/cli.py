@@ -22,7 +22,7 @@ from tqdm import tqdm
 from client.bulk import FatalError, Tally, moderate_rows
 from client.client import DEFAULT_URL, ModerationClient
 from client.errors import ModerationError
-from client.models import ModerationResult
+from client.models import Models, ModerationResult
 from client.rows import FORMATS, InputError, detect_format, load_results, read_rows, record_key
 
 # 1: some rows failed (each is in the output with its error); 3: the service failed and the run stopped.
@@ -202,30 +202,39 @@ def queue_from_metrics(text: str) -> dict[str, dict[str, float]]:
     return queues
 
 
+def queue_by_model(client: ModerationClient, models: Models) -> dict[str, dict[str, Any]]:
+    """Per model: depth, oldest_job_age_seconds, and (from GET /queue, where the server has it)
+    texts_per_second; else the queue gauges of /metrics."""
+    stats = client.queue_stats()
+    if stats is not None:
+        return {entry["model"]: entry for entry in stats.get("models", [])}
+    gauges = queue_from_metrics(client.metrics_text())
+    return {model.name: gauges.get(model.queue, {}) for model in models.models}
+
+
 def cmd_status(args: argparse.Namespace, client: ModerationClient) -> int:
     readiness = client.readiness()
     models = client.models()
-    stats = client.queue_stats()
-    metrics_queues = queue_from_metrics(client.metrics_text()) if stats is None else {}
+    queues = queue_by_model(client, models)
     if args.json:
         print(json.dumps({"url": client.base_url, "ready": readiness.ready, "readyz": readiness.detail,
                           "default_model": models.default_model,
                           "models": [{"name": m.name, "queue": m.queue, "live_workers": m.live_workers,
-                                      **metrics_queues.get(m.queue, {})} for m in models.models],
-                          "queue_stats": stats}, indent=2))
+                                      **{k: v for k, v in queues.get(m.name, {}).items()
+                                         if k not in ("model", "queue", "live_workers")}}
+                                     for m in models.models]}, indent=2))
         return EXIT_OK if readiness.ready else EXIT_FAILURES
     state = "ready" if readiness.ready else f"NOT READY: {readiness.reason}"
     print(f"service   {client.base_url}  {state}")
-    print(f"{'model':<20}{'live workers':>13}{'queued':>9}{'oldest job':>12}")
+    print(f"{'model':<20}{'live workers':>13}{'queued':>9}{'oldest job':>12}{'texts/s':>10}")
     for model in models.models:
-        queue = metrics_queues.get(model.queue, {})
+        queue = queues.get(model.name, {})
         depth = f"{queue['depth']:.0f}" if "depth" in queue else "-"
         age = f"{queue['oldest_job_age_seconds']:.1f}s" if "oldest_job_age_seconds" in queue else "-"
+        rate = f"{queue['texts_per_second']:.1f}" if "texts_per_second" in queue else "-"
         name = model.name + (" *" if model.name == models.default_model else "")
-        print(f"{name:<20}{model.live_workers if model.live_workers is not None else '-':>13}{depth:>9}{age:>12}")
-    if stats is not None:
-        print("queue stats:")
-        print(json.dumps(stats, indent=2))
+        workers = model.live_workers if model.live_workers is not None else "-"
+        print(f"{name:<20}{workers:>13}{depth:>9}{age:>12}{rate:>10}")
     return EXIT_OK if readiness.ready else EXIT_FAILURES
 
 

@@ -16,6 +16,7 @@ from client.errors import (
     APIError,
     JobFailedError,
     JobTimeoutError,
+    NotFoundError,
     ServiceUnreachableError,
     error_from_response,
 )
@@ -235,16 +236,12 @@ class ModerationClient:
         return Readiness(ready=response.status_code == 200, detail=detail)
 
     def queue_stats(self) -> dict[str, Any] | None:
-        """The server's queue statistics JSON, if it publishes such an endpoint in /openapi.json; else None."""
+        """GET /queue (per model: depth, oldest job age, live workers, texts/s); None where the server has no
+        such endpoint (older versions: read /metrics instead)."""
         try:
-            paths = self.openapi().get("paths", {})
-        except APIError:
+            return self.request("GET", "/queue").json()
+        except NotFoundError:
             return None
-        for path, operations in paths.items():
-            name = path.lower()
-            if "get" in operations and "{" not in path and name != "/metrics" and ("queue" in name or "stats" in name):
-                return self.request("GET", path).json()
-        return None
 
     def metrics_text(self) -> str:
         return self.request("GET", "/metrics").text

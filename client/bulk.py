@@ -77,7 +77,7 @@ Outcome = list[tuple[Row, dict[str, Any] | None, tuple[str, str] | None]]
 
 
 class BulkModerator:
-    """Runs the jobs for `rows` on `concurrency` threads; `run()` yields outcomes as jobs finish."""
+    """Runs the jobs for `rows` on `concurrency` threads: `start()`, then `next_outcome()` as jobs finish."""
 
     def __init__(self, client: ModerationClient, *, model: str | None, batch_size: int, concurrency: int,
                  job_timeout: float):
@@ -100,8 +100,8 @@ class BulkModerator:
         except ClientError as exc:
             if exc.code in FATAL_CODES:
                 raise FatalError(exc.message) from exc
-            if len(rows) > 1:  # one bad text must not fail its neighbours: send each alone
-                return [outcome for row in rows for outcome in self._moderate([row])]
+            if len(rows) > 1:
+                return self._one_by_one(rows)
             return [(rows[0], None, (exc.code, exc.message))]
         except ModerationError as exc:
             # Unreachable, still 429/503 after the client's retries, a 5xx, a job past --job-timeout: the
@@ -109,9 +109,13 @@ class BulkModerator:
             raise FatalError(f"the service failed: {exc}") from exc
         if job.succeeded and job.results is not None and len(job.results) == len(rows):
             return [(row, result.to_json(), None) for row, result in zip(rows, job.results)]
-        if len(rows) > 1:
-            return [outcome for row in rows for outcome in self._moderate([row])]
-        return [(rows[0], None, ("job_" + job.status, f"job {job.job_id} {job.status}: {job.error}"))]
+        if len(rows) > 1 and job.status == "failed":
+            return self._one_by_one(rows)
+        return [(row, None, ("job_" + job.status, f"job {job.job_id} {job.status}: {job.error}")) for row in rows]
+
+    def _one_by_one(self, rows: list[Row]) -> Outcome:
+        """One bad text must not fail its neighbours: after a refused or failed job, send each text alone."""
+        return [outcome for row in rows for outcome in self._moderate([row])]
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -122,6 +126,9 @@ class BulkModerator:
                 self._done.put(self._moderate(rows))
             except FatalError as exc:
                 self._done.put(exc)
+                return
+            except Exception as exc:  # a bug or an unexpected answer: stop the run, never hang waiting for it
+                self._done.put(FatalError(f"unexpected error: {exc!r}"))
                 return
 
     def start(self, rows: list[Row]) -> None:

@@ -260,6 +260,9 @@ def test_interrupted_run_resumes_without_duplicates(stack, tmp_path):
     assert f"({len(done_first)} from earlier runs, {total - len(done_first)} this run)" in second.stderr
     again = moderation(stack, "moderate", str(source), "-o", str(out), "--no-progress")
     assert again.returncode == 0 and len(read_jsonl(out)) == total and f"({total} from earlier runs, 0" in again.stderr
+    fresh = moderation(stack, "moderate", str(source), "-o", str(out), "--no-progress", "--overwrite")
+    assert fresh.returncode == 0 and f"(0 from earlier runs, {total} this run)" in fresh.stderr
+    assert [r["row"] for r in read_jsonl(out)] == list(range(1, total + 1))
 
 
 def test_check_prints_the_verdict(stack, client):
@@ -311,6 +314,14 @@ def test_a_failing_service_stops_the_run_instead_of_failing_rows(stack, tmp_path
     assert "STOPPED, the service failed" in run.stderr and "run the same command again to resume" in run.stderr
     assert out.read_text() == ""  # no row is marked failed for the service's fault
     redis.Redis.from_url(stack["full_redis"]).flushdb()
+
+
+def test_retry_after_takes_seconds_or_an_http_date():
+    from email.utils import formatdate
+
+    from client.client import parse_retry_after
+    assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert 8 <= parse_retry_after(formatdate(time.time() + 10, usegmt=True)) <= 10
 
 
 def test_queue_from_metrics_parses_the_gauges():

@@ -328,3 +328,23 @@ def test_queue_from_metrics_parses_the_gauges():
     text = ('# HELP moderation_queue_depth x\nmoderation_queue_depth{queue="q1"} 3.0\n'
             'moderation_queue_oldest_job_age_seconds{queue="q1"} 1.5\n')
     assert queue_from_metrics(text) == {"q1": {"depth": 3.0, "oldest_job_age_seconds": 1.5}}
+
+
+def test_duplicate_ids_are_refused_before_anything_is_sent(tmp_path):
+    from client.rows import InputError, read_rows
+    source = tmp_path / "dup.csv"
+    source.write_text("id,text\na,hello\nb,there\na,again\n")
+    with pytest.raises(InputError, match="'a' appears on rows 1 and 3"):
+        read_rows(str(source), "csv", id_column="id")
+    with pytest.raises(InputError, match="column 'body' is not in the CSV header"):
+        read_rows(str(source), "csv", column="body")
+
+
+def test_jobs_stay_under_the_body_size_limit():
+    from client.bulk import MAX_JOB_BYTES, plan_jobs
+    from client.rows import Row
+    rows = [Row(i, i + 1, i + 1, "é" * 20_000) for i in range(40)]  # 20k chars, 120 kB of JSON each
+    jobs = plan_jobs(rows, batch_size=32)
+    assert [row for job in jobs for row in job] == rows
+    assert all(sum(len(json.dumps(r.text).encode()) for r in job) <= MAX_JOB_BYTES for job in jobs)
+    assert len(plan_jobs(rows[:5], batch_size=2)) == 3

@@ -11,11 +11,13 @@ export REDIS_URL
 
 .PHONY: run test test-containers system-deps venv model redis worker api bench lint clean
 
-$(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker.txt requirements/run.txt
+$(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker.txt requirements/client.txt \
+		requirements/run.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/run.txt
+	$(PY) -m pip install -q --no-deps -e .  # the `moderation` command (client/)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt requirements/train.txt

@@ -25,6 +25,8 @@ CONTAINER_PACKAGES=(
 )
 
 have() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+can_be_root() { ((EUID == 0)) || { command -v sudo >/dev/null && sudo -n true 2>/dev/null; }; }
+as_root() { if ((EUID == 0)); then "$@"; else sudo -n "$@"; fi; }
 
 install_missing() {
   local missing=() entry
@@ -32,30 +34,27 @@ install_missing() {
     have "${entry#*=}" || missing+=("${entry%%=*}")
   done
   ((${#missing[@]})) || return 0
-  local sudo=()
-  if ((EUID != 0)); then
-    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-      sudo=(sudo -n)
-    else
-      echo "missing Debian packages: ${missing[*]}" >&2
-      echo "install them as root:  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
-      exit 1
-    fi
+  if ! can_be_root; then
+    echo "missing Debian packages: ${missing[*]}" >&2
+    echo "install them as root:  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
   fi
   command -v apt-get >/dev/null || { echo "no apt-get: install the equivalents of ${missing[*]}" >&2; exit 1; }
   echo "installing Debian packages: ${missing[*]}"
-  "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start_rabbitmq() {
   port_open 5672 && return 0
+  if ! can_be_root; then
+    echo "RabbitMQ does not answer on 127.0.0.1:5672; start it as root: rabbitmq-server -detached" >&2
+    exit 1
+  fi
   echo "starting rabbitmq-server"
-  local sudo=()
-  ((EUID == 0)) || sudo=(sudo -n)
-  "${sudo[@]}" env PATH="$PATH:/usr/sbin:/sbin" rabbitmq-server -detached
+  as_root env PATH="$PATH:/usr/sbin:/sbin" rabbitmq-server -detached
   for _ in $(seq 120); do
     port_open 5672 && return 0
     sleep 1

@@ -312,6 +312,15 @@ def test_prometheus_scraped_the_api_and_the_workers(stack, run):
         "no API request counts in Prometheus"
 
 
+def test_each_replica_is_limited_to_its_cpus_and_threads(stack, run):
+    for container in run["ports"]:
+        info = stack.inspect(container)
+        env = dict(item.split("=", 1) for item in info["Config"]["Env"])
+        assert info["HostConfig"]["NanoCpus"] == 10**9, "WORKER_CPUS=1 did not reach the container's cpus limit"
+        assert env["TORCH_THREADS"] == "1" and env["WORKER_PROCESSES"] == "1"
+    stack.report["worker_limits"] = {"cpus": 1, "TORCH_THREADS": 1}
+
+
 def test_compose_down_leaves_nothing_running(stack, run):
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "30", timeout=300)
     left = stack.containers(all_states=True)

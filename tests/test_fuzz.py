@@ -44,7 +44,7 @@ def test_openapi_document_is_served_from_the_schemas(stack):
 
 def test_schemathesis_finds_no_server_error_in_1000_cases(stack, tmp_path):
     api = stack["api"]
-    report, output = run_fuzz(api.url, tmp_path, max_examples=150, seed=20240601, api_key=API_KEY, timeout=400)
+    report, output = run_fuzz(api.url, tmp_path, max_examples=200, seed=20240601, api_key=API_KEY, timeout=400)
     print(output[-3000:])
     assert report.errors == [], output[-4000:]
     assert report.failures == [], output[-6000:]

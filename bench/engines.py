@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 
-from bench.inprocess import batched_rate
+from bench.inprocess import batched_rate_and_cpu
 from worker.inference import TextClassifier
 
 # (label, engine, quantize), in the order the table shows them.
@@ -25,25 +25,29 @@ ENGINE_VARIANTS = (
 
 def engine_sweep(model_path: str, texts: list[str], batch_sizes: list[int], threads: int = 0,
                  cache_dir: str = "", variants=ENGINE_VARIANTS) -> list[dict]:
-    """One row per variant: {"variant", "engine", "precision", "load_seconds", "rates": {batch: texts/s}}.
-    `engine` is what actually ran (an export failure falls back to torch)."""
+    """One row per variant: {"variant", "engine", "precision", "load_seconds", "rates": {batch: texts/s},
+    "cpu_ms": {batch: CPU ms per text}}. `engine` is what actually ran (export failure: torch).
+    CPU ms per text hardly depends on what else the machine runs; texts/s does."""
     rows = []
     for label, engine, quantize in variants:
         classifier = TextClassifier(model_path, "cpu", quantize, threads, engine, cache_dir)
-        rates = {size: batched_rate(classifier, texts, size) for size in batch_sizes}
+        measured = {size: batched_rate_and_cpu(classifier, texts, size) for size in batch_sizes}
         rows.append({"variant": label, "engine": classifier.engine, "precision": classifier.precision,
-                     "load_seconds": classifier.load_seconds, "rates": rates})
+                     "load_seconds": classifier.load_seconds,
+                     "rates": {size: rate for size, (rate, _) in measured.items()},
+                     "cpu_ms": {size: cpu * 1000 for size, (_, cpu) in measured.items()}})
         del classifier
         gc.collect()
     return rows
 
 
-def sweep_table(rows: list[dict], batch_sizes: list[int]) -> str:
+def sweep_table(rows: list[dict], batch_sizes: list[int], key: str = "rates", digits: int = 0) -> str:
+    """A markdown table of rows[key] ("rates": texts/s, "cpu_ms": CPU ms per text) by batch size."""
     lines = ["| engine | " + " | ".join(f"batch {size}" for size in batch_sizes) + " |",
              "|---|" + "---:|" * len(batch_sizes)]
     for row in rows:
         ran = "" if row["variant"].startswith(row["engine"]) else f" (ran {row['engine']})"
-        lines.append(f"| {row['variant']}{ran} | " + " | ".join(f"{row['rates'][size]:.0f}" for size in batch_sizes)
+        lines.append(f"| {row['variant']}{ran} | " + " | ".join(f"{row[key][size]:.{digits}f}" for size in batch_sizes)
                      + " |")
     return "\n".join(lines)
 
@@ -63,6 +67,8 @@ def main(argv=None) -> None:
     rows = engine_sweep(args.model, texts, sizes, args.threads)
     print(f"texts/s in process, {len(texts)} texts, {args.model}")
     print(sweep_table(rows, sizes))
+    print("\nCPU ms per text (all threads)")
+    print(sweep_table(rows, sizes, "cpu_ms", 2))
 
 
 if __name__ == "__main__":

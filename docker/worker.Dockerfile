@@ -62,7 +62,8 @@ ENV PYTHONUNBUFFERED=1 \
     WORKER_METRICS_PORT=9101 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    HF_HOME=/tmp/huggingface
+    HF_HOME=/tmp/huggingface \
+    ENGINE_CACHE_DIR=/opt/engine-cache
 COPY docker/setup.sh /usr/local/bin/moderation-setup
 RUN moderation-setup python \
     && groupadd --system --gid 10001 app \
@@ -72,6 +73,10 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/models /opt/models
 WORKDIR /app
 COPY --from=source /app /app
+# The CPU engine's ONNX int8 file for the bundled model, exported now so workers start in ~1 s
+# (README "Inference engines"); app may add files for other models.
+RUN python -m worker.engines.onnx_export /opt/models/moderation-minilm \
+    && chown -R app:app /opt/engine-cache
 USER app
 EXPOSE 9101
 # Healthy once this worker's heartbeat is fresh in Redis: the heartbeat starts when Celery

@@ -1,0 +1,168 @@
+"""Export a Hugging Face sequence classifier to ONNX (optionally int8), cached by content hash.
+
+The cache file is named by a hash of every file in the model folder, the quantisation mode and
+the export recipe (EXPORT_RECIPE, torch and onnxruntime versions), so a changed model or recipe
+gets a new file and an unchanged one is reused on the next start. Files are written to a temp
+name in the cache folder and renamed into place: two workers starting at once both export, and
+the last rename wins with an identical, complete file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Bump when the export or quantisation steps change, so old cache files are not reused.
+EXPORT_RECIPE = "torchscript-opset17-int8-per-channel-v3"
+OPSET = 17
+EXPORT_SAMPLE = ("a short text", "a somewhat longer text, so the sample batch needs padding")
+
+
+def folder_hash(path: str) -> str:
+    """sha256 over every regular file under path (relative name and bytes), hidden files skipped."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def cache_key(path: str, quantize: str) -> str:
+    import onnxruntime
+    import torch
+
+    recipe = f"{EXPORT_RECIPE}|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}|{quantize}"
+    return hashlib.sha256(f"{folder_hash(path)}|{recipe}".encode()).hexdigest()[:32]
+
+
+def cached_onnx_path(path: str, quantize: str, cache_dir: str) -> Path:
+    return Path(cache_dir) / f"{cache_key(path, quantize)}-{quantize}.onnx"
+
+
+def export_onnx(path: str, tokenizer, output: Path, candidate_inputs) -> None:
+    """torch.onnx's TorchScript exporter: offline, no extra packages, seconds for MiniLM."""
+    import torch
+
+    from worker.engines.torch_backend import accepted_inputs, load_hf_model
+
+    model = load_hf_model(path, attn_implementation="eager")  # plain matmuls trace on every architecture
+    names = accepted_inputs(model, candidate_inputs)
+
+    class Logits(torch.nn.Module):
+        """Takes exactly `names`, positionally: the exporter binds inputs by position, not name."""
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            return self.model(**dict(zip(names, tensors))).logits
+
+    sample = tokenizer(list(EXPORT_SAMPLE), padding=True, return_tensors="pt")
+    args = tuple(sample[name] if name in sample else torch.zeros_like(sample["input_ids"]) for name in names)
+    axes = {name: {0: "texts", 1: "tokens"} for name in names} | {"logits": {0: "texts"}}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(Logits().eval(), args, str(output), input_names=list(names), output_names=["logits"],
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+def first_ffn_down_projection(model_file: Path) -> list[str]:
+    """The first MatMul that reads a GELU output (Erf/Gelu within four producers): the first
+    encoder layer's FFN down-projection, whose inputs carry the largest activation outliers."""
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    producer = {output: node for node in graph.node for output in node.output}
+
+    def reads_gelu(name: str, depth: int = 4) -> bool:
+        node = producer.get(name)
+        return node is not None and (node.op_type in ("Erf", "Gelu") or depth > 1 and any(
+            reads_gelu(source, depth - 1) for source in node.input))
+
+    return next(([node.name] for node in graph.node if node.op_type == "MatMul" and reads_gelu(node.input[0])), [])
+
+
+def quantize_int8(source: Path, output: Path) -> None:
+    """Dynamic int8: weights per output channel, activations per pass at run time.
+
+    Per-tensor weights with every MatMul quantised cost the bundled model 0.008 held-out AUC on
+    `hate`; per-channel weights and the first FFN down-projection kept in fp32 stay within 0.002
+    on every label for about 8% more CPU (model/artifact/metrics.json, "engines")."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.WARNING)  # quantize_dynamic logs a line per tensor on the root logger
+    try:
+        quantize_dynamic(source, output, weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=first_ffn_down_projection(source))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def writable_cache_dir(cache_dir: str) -> str:
+    """cache_dir, or a folder under the system temp dir when it cannot be written (read-only image)."""
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        if os.access(cache_dir, os.W_OK | os.X_OK):
+            return cache_dir
+    except OSError:
+        pass
+    fallback = os.path.join(tempfile.gettempdir(), f"moderation-engine-cache-{os.getuid()}")
+    log.warning("ENGINE_CACHE_DIR %s is not writable; exporting to %s (lost on restart)", cache_dir, fallback)
+    os.makedirs(fallback, exist_ok=True)
+    return fallback
+
+
+def build_onnx(path: str, tokenizer, quantize: str, cache_dir: str, candidate_inputs) -> tuple[Path, bool]:
+    """The cached ONNX file for this model folder; (file, True) when it was already there."""
+    target = cached_onnx_path(path, quantize, cache_dir)
+    if target.is_file():
+        return target, True
+    target = cached_onnx_path(path, quantize, writable_cache_dir(cache_dir))
+    if target.is_file():
+        return target, True
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as work:
+        exported = Path(work) / "model.onnx"
+        export_onnx(path, tokenizer, exported, candidate_inputs)
+        if quantize == "int8":
+            quantized = Path(work) / "model-int8.onnx"
+            quantize_int8(exported, quantized)
+            exported = quantized
+        os.chmod(exported, 0o644)
+        os.replace(exported, target)  # atomic: readers see no file or a whole one
+    return target, False
+
+
+def main(argv=None) -> None:
+    """`python -m worker.engines.onnx_export MODEL_DIR`: export ahead of the first worker start
+    (`make model` does it for the bundled model), as the worker would with its settings."""
+    import argparse
+
+    from shared.config import get_settings
+    from worker.inference import TextClassifier
+
+    parser = argparse.ArgumentParser(description="Export a model folder to the engine cache (ENGINE_CACHE_DIR).")
+    parser.add_argument("model_dir")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    classifier = TextClassifier(args.model_dir, "cpu", settings.quantize, 1, settings.engine,
+                                settings.engine_cache_dir)
+    detail = getattr(classifier.backend, "file", "no ONNX file: torch runs this model")
+    print(f"engine: {classifier.describe()} ({detail})", file=sys.stderr)
+    print(args.model_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ from api.metrics import count_rejection, init_metrics
 from api.schemas import build_schemas
 from shared import metrics as names
 from shared.celery_app import make_celery
+from shared.completions import CompletionListener
 from shared.config import Settings, get_settings
 from shared.jobs import JobStore
 from shared.model_registry import load_specs
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings=settings,
         redis=client,
         store=JobStore(client, settings.result_ttl),
+        completions=CompletionListener(client),
         celery=make_celery(settings),
         models=specs,
         schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds,

@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, request, url_for
 
 from api.auth import require_api_key
 from api.errors import APIError
-from api.extensions import services
+from api.extensions import services, wait_for_job
 from api.submission import find_job, submit_job
 from api.validation import parse_json_body
 
@@ -32,7 +32,7 @@ def generate():
     body = parse_json_body(services().schemas.generate)
     record = submit_job(body.texts(), body.model)
     if body.wait:
-        finished = services().store.wait_until_finished(record.job_id, body.wait)
+        finished = wait_for_job(record.job_id, body.wait)
         if finished is not None and finished.finished:
             return jsonify(finished.public()), 200
     status_url = url_for("jobs.get_job", job_id=record.job_id)
@@ -48,5 +48,5 @@ def get_job(job_id: str):
     wait = _wait_seconds(request.args.get("wait"))
     record = find_job(job_id)
     if wait and not record.finished:
-        record = services().store.wait_until_finished(job_id, wait) or record
+        record = wait_for_job(job_id, wait) or record
     return jsonify(record.public())

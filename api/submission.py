@@ -10,8 +10,7 @@ from api.metrics import JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection
 from shared import metrics as names
 from shared.jobs import JobRecord, is_job_id, new_job_id
 from shared.model_registry import ModelSpec
-from shared.queue_stats import add_queue_depth
-from shared.queues import publish_job
+from shared.queues import broker_lists, publish_job
 
 RETRY_AFTER_SECONDS = "1"
 
@@ -31,13 +30,10 @@ def submit_job(texts: list[str], model: str | None) -> JobRecord:
     spec = resolve_model(model)
     record = JobRecord(job_id=new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
                        owner=g.get("owner", ""))
-    # One round trip reads the queue depth and writes the record (the record exists before the message,
-    # so a worker or GET never sees an unknown job); a full queue then deletes the unused record.
-    pipe = svc.redis.pipeline()
-    depth_results = add_queue_depth(pipe, spec.queue)
-    svc.store.create(record, pipe)
-    if sum(pipe.execute()[:depth_results]) >= svc.settings.max_queue_depth:
-        svc.store.delete(record)
+    # One script call reads the queue depth and, below MAX_QUEUE_DEPTH, writes the record (the record
+    # exists before the message, so a worker or GET never sees an unknown job).
+    if svc.store.create_unless_full(record, broker_lists(spec.queue), svc.settings.max_queue_depth) \
+            >= svc.settings.max_queue_depth:
         count_rejection(names.REJECT_QUEUE_FULL)
         raise APIError(503, "queue_full", f"the {spec.name} queue holds MAX_QUEUE_DEPTH="
                        f"{svc.settings.max_queue_depth} jobs; retry later",

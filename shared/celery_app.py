@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from shared.broker import transport_for
 from shared.config import Settings, get_settings
 
 # How often a live worker sweeps Redis for unacknowledged messages whose visibility timeout passed.
@@ -21,6 +22,7 @@ UNACKED_RESTORE_INTERVAL = 5
 def make_celery(settings: Settings) -> Celery:
     app = Celery("moderation", broker=settings.broker_url)
     app.conf.update(
+        broker_transport=transport_for(settings.broker_url),
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # results live in our own job records (shared/jobs.py)
@@ -30,7 +32,9 @@ def make_celery(settings: Settings) -> Celery:
         # Enough prefetched messages to fill the next batch while the current one runs.
         worker_prefetch_multiplier=max(1, 2 * settings.batch_max_texts // settings.worker_concurrency),
         worker_send_task_events=True,  # celery-exporter reads these
-        task_send_sent_event=True,
+        # No task-sent event: one more Redis PUBLISH per job in the API, and no dashboard or alert uses
+        # celery_task_sent_total (moderation_jobs_submitted_total counts accepted jobs).
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,

@@ -107,8 +107,9 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
             if exc.job_id:
                 outcomes.append((exc.job_id, None, str(exc)))
 
-    # Skip jobs that already finished (a redelivered duplicate) or whose record expired.
-    states = store.states([job.job_id for job in jobs])
+    # Skip jobs that already finished (a redelivered duplicate) or whose record expired; the rest are
+    # marked running in the same round trip.
+    states = store.claim([job.job_id for job in jobs])
     live = []
     for job, (status, enqueued_ts) in zip(jobs, states):
         if status is None or status in FINISHED:
@@ -117,7 +118,6 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
         else:
             live.append(job)
             metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, time.time() - float(enqueued_ts or 0)))
-    store.mark_running([job.job_id for job in live])
 
     by_model: dict[str, list[Job]] = defaultdict(list)
     for job in live:

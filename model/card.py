@@ -18,6 +18,26 @@ def _metrics_table(report):
     return "\n".join(rows)
 
 
+def _engines_section(metrics):
+    """Held-out ROC AUC per label as the worker runs the model (`python -m model.evaluate --record`)."""
+    engines = metrics.get("engines")
+    if not engines:
+        return ("Not recorded for these weights yet: run `python -m model.evaluate --record`.")
+    names = list(engines)
+    labels = list(next(iter(engines.values()))["test"])
+    rows = ["| label | " + " | ".join(f"{name} ROC AUC" for name in names) + " | difference |",
+            "|---|" + "---|" * (len(names) + 1)]
+    for label in labels:
+        aucs = [engines[name]["test"][label].get("roc_auc") for name in names]
+        known = [a for a in aucs if a is not None]
+        spread = f"{max(known) - min(known):.4f}" if len(known) == len(aucs) else "-"
+        rows.append(f"| {label} | " + " | ".join("-" if a is None else str(a) for a in aucs) + f" | {spread} |")
+    max_length = next(iter(engines.values()))["max_length"]
+    return (f"Test split, {max_length}-token inputs, scored by the worker's own code "
+            f"(`worker/inference.py`); `onnx-int8` is what the worker runs on CPU by default.\n\n"
+            + "\n".join(rows))
+
+
 def render_model_card(model_info, metrics):
     fp16, int8 = metrics["fp16"], metrics["int8_dynamic_quantized"]
     labels = "\n".join(f"- `{label}`: {LABEL_MEANINGS[label]} (threshold "
@@ -62,6 +82,10 @@ the embeddings and lower layers are the package's.
 With `QUANTIZE=int8` (`torch.ao.quantization.quantize_dynamic`, Linear layers, qint8):
 
 {_metrics_table(int8['test'])}
+
+## As served: engines
+
+{_engines_section(metrics)}
 
 Violence metrics rest on a handful of project-written test sentences only; treat them as a
 smoke check, not a measurement. Required checks passed: {fp16['required_checks']['passed']}

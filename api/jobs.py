@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request, url_for
 from api.auth import require_api_key
 from api.errors import APIError
 from api.extensions import services, wait_for_job
-from api.submission import find_job, submit_job
+from api.submission import find_job, submit_and_wait, submit_job
 from api.validation import parse_json_body
 
 bp = Blueprint("jobs", __name__)
@@ -30,11 +30,12 @@ def _wait_seconds(raw: str | None) -> float:
 @bp.post("/generate")
 def generate():
     body = parse_json_body(services().schemas.generate)
-    record = submit_job(body.texts(), body.model)
     if body.wait:
-        finished = wait_for_job(record.job_id, body.wait)
+        record, finished = submit_and_wait(body.texts(), body.model, body.wait)
         if finished is not None and finished.finished:
             return jsonify(finished.public()), 200
+    else:
+        record = submit_job(body.texts(), body.model)
     status_url = url_for("jobs.get_job", job_id=record.job_id)
     response = jsonify({"job_id": record.job_id, "status": record.status, "model": record.model,
                         "status_url": status_url})

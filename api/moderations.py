@@ -6,8 +6,8 @@ from flask import Blueprint, jsonify
 
 from api.auth import require_api_key
 from api.errors import APIError
-from api.extensions import services, wait_for_job
-from api.submission import submit_job
+from api.extensions import services
+from api.submission import submit_and_wait
 from api.validation import parse_json_body
 from shared.jobs import SUCCEEDED
 
@@ -19,8 +19,7 @@ bp.before_request(require_api_key)
 def create_moderation():
     svc = services()
     body = parse_json_body(svc.schemas.moderations)
-    record = submit_job(body.texts(), body.model)
-    finished = wait_for_job(record.job_id, svc.settings.moderations_timeout)
+    record, finished = submit_and_wait(body.texts(), body.model, svc.settings.moderations_timeout)
     if finished is None or not finished.finished:
         raise APIError(504, "timeout", "the job did not finish in time; poll its status_url",
                        job_id=record.job_id, status_url=f"/jobs/{record.job_id}")

@@ -25,10 +25,10 @@ def resolve_model(name: str | None) -> ModelSpec:
     return spec
 
 
-def submit_job(texts: list[str], model: str | None) -> JobRecord:
+def submit_job(texts: list[str], model: str | None, job_id: str | None = None) -> JobRecord:
     svc = services()
     spec = resolve_model(model)
-    record = JobRecord(job_id=new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
+    record = JobRecord(job_id=job_id or new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
                        owner=g.get("owner", ""))
     # One script call reads the queue depth and, below MAX_QUEUE_DEPTH, writes the record (the record
     # exists before the message, so a worker or GET never sees an unknown job).
@@ -46,6 +46,16 @@ def submit_job(texts: list[str], model: str | None) -> JobRecord:
     JOBS_SUBMITTED.labels(spec.name).inc()
     TEXTS_SUBMITTED.labels(spec.name).inc(len(texts))
     return record
+
+
+def submit_and_wait(texts: list[str], model: str | None, timeout: float) -> tuple[JobRecord, JobRecord | None]:
+    """Accept a job, then wait up to `timeout` s for it: (accepted record, latest record). Watched
+    before it is queued, so its completion cannot slip by and nothing needs reading back."""
+    svc = services()
+    job_id = new_job_id()
+    with svc.completions.watching(job_id) as waiter:
+        record = submit_job(texts, model, job_id)
+        return record, svc.store.wait_watched(waiter, timeout, svc.completions, record)
 
 
 def find_job(job_id: str) -> JobRecord:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import statistics
 import time
@@ -16,15 +15,11 @@ NO_TOKEN_LIMIT = 10**9
 def load_classifier(path: str, device: str, engine: str | None = None, quantize: str | None = None,
                     threads: int = 0) -> TextClassifier:
     """A classifier as the worker builds it; engine/quantize None mean the worker's defaults (ENGINE,
-    QUANTIZE), engine="torch" + quantize="" is the original app's torch fp32."""
+    QUANTIZE); engine="torch", quantize="none" is the original app's torch fp32."""
     settings = get_settings()
-    quantize = settings.quantize if quantize is None else quantize
-    threads = threads or int(os.environ.get("TORCH_THREADS", "0"))
-    if "engine" not in inspect.signature(TextClassifier).parameters:  # a worker with torch only
-        return TextClassifier(path, device, quantize, threads)
-    return TextClassifier(path, device, quantize, threads,
-                          engine=getattr(settings, "engine", "auto") if engine is None else engine,
-                          cache_dir=getattr(settings, "engine_cache_dir", ""))
+    return TextClassifier(path, device, settings.quantize if quantize is None else quantize,
+                          threads or int(os.environ.get("TORCH_THREADS", "0")),
+                          settings.engine if engine is None else engine, settings.engine_cache_dir)
 
 
 def sync_device(classifier: TextClassifier) -> None:

@@ -96,8 +96,7 @@ def measure_inprocess(args, model_path: str, device: str, texts: list[str]) -> t
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     sample = texts[::max(1, len(texts) // args.sweep_texts)][:args.sweep_texts]
     classifier = inprocess.load_classifier(model_path, device)
-    engine = getattr(classifier, "engine", "torch") + (f" {classifier.quantize}" if getattr(
-        classifier, "quantize", "") else "")
+    engine = f"{classifier.engine} {classifier.precision}"
     single = inprocess.single_text_seconds(classifier, texts[:args.light_texts])
     log(f"single text in process ({engine}): {single * 1000:.1f} ms")
     best, rates = inprocess.best_batch(classifier, sample, sizes)
@@ -181,7 +180,7 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="moderation-bench-"))
     model_path, model_note = resolve_model(args, workdir)
     settings_note = ", ".join(f"{name}={os.environ.get(name) or default}" for name, default in (
-        ("ENGINE", getattr(defaults, "engine", "auto")), ("QUANTIZE", defaults.quantize or "(engine default)"),
+        ("ENGINE", defaults.engine), ("QUANTIZE", defaults.quantize or "(int8 on CPU)"),
         ("BATCH_MAX_TEXTS", defaults.batch_max_texts), ("BATCH_MAX_TOKENS", defaults.batch_max_tokens),
         ("BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms), ("TORCH_THREADS", "0 (= CPU quota)"),
         ("GUNICORN_THREADS", 32)))

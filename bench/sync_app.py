@@ -16,7 +16,7 @@ from shared.config import get_settings
 def create_app() -> Flask:
     settings = get_settings()
     classifier = load_classifier(settings.models[settings.default_model], settings.device, engine="torch",
-                                 quantize="", threads=settings.torch_threads)
+                                 quantize="none", threads=settings.torch_threads)
     labels = [classifier.config.id2label[i] for i in range(classifier.config.num_labels)]
     app = Flask(__name__)
 

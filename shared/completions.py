@@ -88,9 +88,10 @@ class CompletionListener:
         """A Waiter whose event is set (and message filled) when `job_id` finishes, registered for the
         duration of the block."""
         self._ensure_running()
-        waiter = Waiter()
+        waiter = Waiter(job_id)
         with self._lock:
             self._waiters[job_id].add(waiter)
+        waiter.since = time.monotonic()  # after registering: from now on no message can be missed
         try:
             yield waiter
         finally:
@@ -103,10 +104,13 @@ class CompletionListener:
 
 
 class Waiter:
-    """One waiting request: `event` is set when its job's done message arrives, `message` is that message."""
+    """One waiting request: `event` is set when its job's done message arrives, `message` is that message;
+    `since` is when it was registered (monotonic)."""
 
-    __slots__ = ("event", "message")
+    __slots__ = ("job_id", "event", "message", "since")
 
-    def __init__(self):
+    def __init__(self, job_id: str):
+        self.job_id = job_id
         self.event = threading.Event()
         self.message: str | None = None
+        self.since = 0.0

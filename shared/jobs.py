@@ -239,22 +239,25 @@ class JobStore:
 
     def wait_until_finished(self, job_id: str, timeout: float, listener) -> JobRecord | None:
         """Return the record as soon as it finishes or after `timeout` seconds. `listener` is the
-        process's shared.completions.CompletionListener (pub/sub, no polling while it is subscribed).
-        One read when the job finishes while we wait: the finished record comes with the message."""
-        deadline = time.monotonic() + timeout
+        process's shared.completions.CompletionListener (pub/sub, no polling while it is subscribed)."""
         with listener.watching(job_id) as waiter:
-            watched_since = time.monotonic()
-            # Read after registering: the job may have finished before.
-            record = self.get(job_id)
-            while record is not None and not record.finished:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if waiter.event.wait(min(remaining, 1.0)):
-                    record = _record_from_message(job_id, waiter.message) or self.get(job_id)
-                    waiter.event.clear()
-                elif not listener.covers(watched_since):
-                    record = self.get(job_id)
+            return self.wait_watched(waiter, timeout, listener)
+
+    def wait_watched(self, waiter, timeout: float, listener, record: JobRecord | None = None) -> JobRecord | None:
+        """As wait_until_finished, for a job already watched (`listener.watching`). `record`: its state
+        read or written after the watch began (None: read it now). No read when the job finishes while
+        we wait: the finished record comes with the message."""
+        deadline = time.monotonic() + timeout
+        record = record or self.get(waiter.job_id)
+        while record is not None and not record.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if waiter.event.wait(min(remaining, 1.0)):
+                record = _record_from_message(waiter.job_id, waiter.message) or self.get(waiter.job_id)
+                waiter.event.clear()
+            elif not listener.covers(waiter.since):
+                record = self.get(waiter.job_id)
         return record
 
 

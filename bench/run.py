@@ -201,7 +201,11 @@ def main(argv: list[str]) -> int:
     env = service_env(redis.url, model_path, device)
     try:
         svc = measure_service(args, env, redis, texts, workdir)
-        sync = {} if args.skip_sync else measure_sync(args, env, texts, workdir)
+        try:
+            sync = {} if args.skip_sync else measure_sync(args, env, texts, workdir)
+        except RuntimeError as exc:  # the other rows are still worth writing down
+            log(f"B failed: {exc}")
+            sync = {"error": str(exc).splitlines()[-1][:200]}
     finally:
         redis.stop()
 
@@ -219,6 +223,9 @@ def main(argv: list[str]) -> int:
                                   f"{args.clients} clients", sync_result))
         rows[-1].note += (f"; RSS {sync['sync_rss']:.0f} MB (gunicorn, all processes); CPU ms per text: "
                           f"{report.ms_list(sync['sync_cpu'].per_item(sync_result.requests))}")
+    elif sync.get("error"):
+        rows.append(report.Row("B", "original design (sync Flask endpoint, torch fp32)",
+                               note=f"**did not run**: {sync['error']}"))
     rows.append(load_row("light", "1 client, one text at a time, through the queue", light))
     rows.append(report.Row("enqueue", f"POST /generate, no worker, {args.enqueue_clients} clients (jobs/s)",
                            enqueue.rate, enqueue.percentile(50), enqueue.percentile(95), enqueue.percentile(99),

@@ -20,6 +20,7 @@ from bench.stack import CpuMeter, histogram_totals, rss_mb, service_env
 from shared import metrics as metric_names
 from shared.config import BUNDLED_MODEL_PATH, PROJECT_ROOT, Settings
 from tests.support import RedisServer, start_api, start_worker
+from worker.inference import cpu_quota
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 NOTES_MARKER = "## Notes"
@@ -171,6 +172,15 @@ def measure_sync(args, env: dict, texts: list[str], logs: Path) -> dict:
         sync_api.stop()
 
 
+def cpu_view(per_text_ms: dict[str, float]) -> str:
+    """Each row's total CPU ms per text and the rate it would reach with the machine's cores to itself:
+    contention moves these much less than wall-clock rates, so on a busy machine compare these."""
+    cores = cpu_quota()
+    lines = ["| row | CPU ms per text (all processes) | texts/s if it had the cores alone |", "|---|---:|---:|"]
+    lines += [f"| {name} | {ms:.2f} | {cores * 1000 / ms:,.0f} |" for name, ms in per_text_ms.items() if ms > 0]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     import torch
@@ -259,10 +269,15 @@ def main(argv: list[str]) -> int:
         ("failed requests", str(failures), "0", failures == 0),
     ]
     description += "\n- load average after the run: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    cpu_rows = {"L": model["cpu_per_text"] * 1000, "S": sum(served_cpu.values()),
+                 f"S{args.job_texts}": sum(multi_cpu.values())}
+    if sync_result is not None:
+        cpu_rows["B"] = sum(sync["sync_cpu"].per_item(sync_result.requests).values())
     name = args.name or report.machine_name(device) + ("-quick" if args.quick else "")
     document = (f"# Benchmark: {name}\n\n`python -m bench.run {' '.join(argv)}`\n\n{description}\n\n"
                 f"## Engine sweep (in process, texts/s)\n\n{sweep}\n\n## Rows\n\n{report.table(rows)}\n\n"
-                f"## Targets\n\n{report.checks_table(checks)}\n")
+                f"## Targets\n\n{report.checks_table(checks)}\n\n"
+                f"## CPU view (what a busy machine distorts least)\n\n{cpu_view(cpu_rows)}\n")
     print("\n" + document)
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"{name}.md"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from shared.broker import transport_for
 from shared.config import Settings, get_settings
+from shared.kombu_redis import transport_for
 
 # How often a live worker sweeps Redis for unacknowledged messages whose visibility timeout passed.
 UNACKED_RESTORE_INTERVAL = 5

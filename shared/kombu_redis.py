@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from kombu.transport import redis as kombu_redis
 
-TRANSPORT = "shared.broker:Transport"
+TRANSPORT = "shared.kombu_redis:Transport"
 
 
 class Channel(kombu_redis.Channel):

@@ -22,9 +22,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt requirements
 
 venv: $(VENV)/.installed-run
 
-# Assemble the bundled model from model/artifact + the pip-installed MiniLM; prints its path last.
+# Assemble the bundled model from model/artifact + the pip-installed MiniLM, and export it to the
+# CPU engine's cache (ENGINE_CACHE_DIR, ONNX int8) so the first worker start skips that; prints its path last.
 model: venv
-	@$(PY) -m model.build
+	@$(PY) -m worker.engines.onnx_export "$$($(PY) -m model.build)"
 
 redis: venv
 	$(PY) -m scripts.redis_server run $(REDIS_URL)

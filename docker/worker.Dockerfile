@@ -47,7 +47,8 @@ ENV PYTHONUNBUFFERED=1 \
     WORKER_METRICS_PORT=9101 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
-    HF_HOME=/tmp/huggingface
+    HF_HOME=/tmp/huggingface \
+    ENGINE_CACHE_DIR=/opt/engine-cache
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app \
         --shell /usr/sbin/nologin app
@@ -59,6 +60,10 @@ COPY worker/ worker/
 # model/ is small; the worker does not import it, but keeping it lets an operator rebuild or
 # check the bundled model inside the container (python -m model.build --output ...).
 COPY model/ model/
+# The CPU engine's ONNX int8 file for the bundled model, exported now so workers start in ~1 s
+# (README "Inference engines"); app may add files for other models.
+RUN python -m worker.engines.onnx_export /opt/models/moderation-minilm \
+    && chown -R app:app /opt/engine-cache
 USER app
 EXPOSE 9101
 # Exec form: python (Celery's main process) is the direct child of tini under `init: true`, or PID 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Bump when the export or quantisation steps change, so old cache files are not reused.
-EXPORT_RECIPE = "torchscript-opset17-v2"
+EXPORT_RECIPE = "torchscript-opset17-int8-per-channel-v3"
 OPSET = 17
 EXPORT_SAMPLE = ("a short text", "a somewhat longer text, so the sample batch needs padding")
 
@@ -78,15 +79,50 @@ def export_onnx(path: str, tokenizer, output: Path, candidate_inputs) -> None:
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
 
 
+def first_ffn_down_projection(model_file: Path) -> list[str]:
+    """The first MatMul that reads a GELU output (Erf/Gelu within four producers): the first
+    encoder layer's FFN down-projection, whose inputs carry the largest activation outliers."""
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    producer = {output: node for node in graph.node for output in node.output}
+
+    def reads_gelu(name: str, depth: int = 4) -> bool:
+        node = producer.get(name)
+        return node is not None and (node.op_type in ("Erf", "Gelu") or depth > 1 and any(
+            reads_gelu(source, depth - 1) for source in node.input))
+
+    return next(([node.name] for node in graph.node if node.op_type == "MatMul" and reads_gelu(node.input[0])), [])
+
+
 def quantize_int8(source: Path, output: Path) -> None:
-    """Dynamic int8 weights for MatMul/Gemm; activations quantised per pass at run time."""
+    """Dynamic int8: weights per output channel, activations per pass at run time.
+
+    Per-tensor weights with every MatMul quantised cost the bundled model 0.008 held-out AUC on
+    `hate`; per-channel weights and the first FFN down-projection kept in fp32 stay within 0.002
+    on every label for about 8% more CPU (model/artifact/metrics.json, "engines")."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.disable(logging.INFO)  # quantize_dynamic logs a line per tensor on the root logger
+    logging.disable(logging.WARNING)  # quantize_dynamic logs a line per tensor on the root logger
     try:
-        quantize_dynamic(source, output, weight_type=QuantType.QInt8)
+        quantize_dynamic(source, output, weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=first_ffn_down_projection(source))
     finally:
         logging.disable(logging.NOTSET)
+
+
+def writable_cache_dir(cache_dir: str) -> str:
+    """cache_dir, or a folder under the system temp dir when it cannot be written (read-only image)."""
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        if os.access(cache_dir, os.W_OK | os.X_OK):
+            return cache_dir
+    except OSError:
+        pass
+    fallback = os.path.join(tempfile.gettempdir(), f"moderation-engine-cache-{os.getuid()}")
+    log.warning("ENGINE_CACHE_DIR %s is not writable; exporting to %s (lost on restart)", cache_dir, fallback)
+    os.makedirs(fallback, exist_ok=True)
+    return fallback
 
 
 def build_onnx(path: str, tokenizer, quantize: str, cache_dir: str, candidate_inputs) -> tuple[Path, bool]:
@@ -94,7 +130,9 @@ def build_onnx(path: str, tokenizer, quantize: str, cache_dir: str, candidate_in
     target = cached_onnx_path(path, quantize, cache_dir)
     if target.is_file():
         return target, True
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = cached_onnx_path(path, quantize, writable_cache_dir(cache_dir))
+    if target.is_file():
+        return target, True
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as work:
         exported = Path(work) / "model.onnx"
         export_onnx(path, tokenizer, exported, candidate_inputs)
@@ -105,3 +143,26 @@ def build_onnx(path: str, tokenizer, quantize: str, cache_dir: str, candidate_in
         os.chmod(exported, 0o644)
         os.replace(exported, target)  # atomic: readers see no file or a whole one
     return target, False
+
+
+def main(argv=None) -> None:
+    """`python -m worker.engines.onnx_export MODEL_DIR`: export ahead of the first worker start
+    (`make model` does it for the bundled model), as the worker would with its settings."""
+    import argparse
+
+    from shared.config import get_settings
+    from worker.inference import TextClassifier
+
+    parser = argparse.ArgumentParser(description="Export a model folder to the engine cache (ENGINE_CACHE_DIR).")
+    parser.add_argument("model_dir")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    classifier = TextClassifier(args.model_dir, "cpu", settings.quantize, 1, settings.engine,
+                                settings.engine_cache_dir)
+    detail = getattr(classifier.backend, "file", "no ONNX file: torch runs this model")
+    print(f"engine: {classifier.describe()} ({detail})", file=sys.stderr)
+    print(args.model_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,15 +19,6 @@ class Row:
     note: str = ""
 
 
-def cell(value) -> str:
-    """A table cell: numbers with thousands separators, nothing for None."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
 def ms_list(per_process: dict[str, float]) -> str:
     """"API 1.20, worker 3.40": CPU milliseconds by process."""
     return ", ".join(f"{name} {ms:.2f}" for name, ms in per_process.items())

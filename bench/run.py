@@ -18,7 +18,7 @@ from bench.corpus import CORPUS_FILE, load_texts
 from bench.profile import profiling
 from bench.stack import CpuMeter, histogram_totals, rss_mb, service_env
 from shared import metrics as metric_names
-from shared.config import BUNDLED_MODEL_PATH, PROJECT_ROOT, Settings
+from shared.config import BUNDLED_MODEL_PATH, PROJECT_ROOT, Settings, get_settings
 from tests.support import RedisServer, start_api, start_worker
 from worker.inference import cpu_quota
 
@@ -75,21 +75,15 @@ def log(message: str) -> None:
 
 
 def engine_sweep_table(args, model_path: str, texts: list[str]) -> str:
-    """bench/engines.py's sweep (texts/s per engine and batch size), as Markdown."""
-    try:
-        from bench.engines import engine_sweep
-    except ImportError:
-        return "_engine sweep not available here (bench/engines.py missing)_"
-    sample = sorted(texts[::max(1, len(texts) // args.sweep_texts)][:args.sweep_texts], key=len)
-    rows = engine_sweep(model_path, sample, [int(s) for s in args.batch_sizes.split(",")])
-    if rows and isinstance(rows[0], report.Row):
-        return report.table(rows)
-    if rows and isinstance(rows[0], dict):
-        columns = list(rows[0])
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(report.cell(row.get(c)) for c in columns) + " |" for row in rows]
-        return "\n".join(lines)
-    return "\n".join(f"- {row}" for row in rows)
+    """bench/engines.py's sweep (texts/s per engine x precision and batch size), as Markdown."""
+    from bench.engines import engine_sweep, sweep_table
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    sample = texts[::max(1, len(texts) // args.sweep_texts)][:args.sweep_texts]
+    rows = engine_sweep(model_path, sample, sizes, int(os.environ.get("TORCH_THREADS", "0")),
+                        get_settings().engine_cache_dir)
+    log("engine sweep: " + "; ".join(f"{row['variant']}: " + ", ".join(f"{s}: {r:.0f}" for s, r in row["rates"].items())
+                                     for row in rows))
+    return f"{len(sample)} texts, length-sorted passes (the worker's code path)\n\n" + sweep_table(rows, sizes)
 
 
 def measure_inprocess(args, model_path: str, device: str, texts: list[str]) -> tuple[list[report.Row], dict]:

@@ -24,6 +24,7 @@ from api.schemas import build_schemas
 from shared import metrics as names
 from shared.broker import broker_queues
 from shared.celery_app import make_celery
+from shared.completions import CompletionListener
 from shared.config import Settings, get_settings
 from shared.jobs import JobStore
 from shared.model_registry import load_specs
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         store=JobStore(client, settings.result_ttl),
         celery=celery,
         queues=queues,
+        completions=CompletionListener(client),
         models=specs,
         schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds,
                               tuple(specs), settings.webhook_allowed_hosts),

@@ -9,6 +9,7 @@ from celery import Celery
 from flask import current_app
 
 from api.schemas import RequestSchemas
+from shared.completions import CompletionListener
 from shared.config import Settings
 from shared.jobs import JobStore
 from shared.model_registry import ModelSpec
@@ -19,6 +20,7 @@ class Services:
     settings: Settings
     redis: redis.Redis
     store: JobStore
+    completions: CompletionListener
     celery: Celery
     queues: object  # shared.broker: depth and oldest-job age, read from the broker
     models: dict[str, ModelSpec]
@@ -27,3 +29,9 @@ class Services:
 
 def services() -> Services:
     return current_app.extensions["moderation"]
+
+
+def wait_for_job(job_id: str, timeout: float):
+    """The job's record once it finishes, or after `timeout` seconds (shared.jobs.JobStore)."""
+    svc = services()
+    return svc.store.wait_until_finished(job_id, timeout, svc.completions)

@@ -8,8 +8,8 @@ from api import schemas as s
 from api.auth import require_api_key
 from api.contract import operation, reply
 from api.errors import APIError
-from api.extensions import services
-from api.submission import cancel_job, find_job, submit_job
+from api.extensions import services, wait_for_job
+from api.submission import cancel_job, find_job, submit_and_wait, submit_job
 from api.validation import parse_json_body
 
 bp = Blueprint("jobs", __name__)
@@ -44,11 +44,12 @@ def _wait_seconds(raw: str | None) -> float:
            errors=(503,), body="generate", secured=True)
 def generate():
     body = parse_json_body(services().schemas.generate)
-    record = submit_job(body.texts(), body.model, body.callback_url)
     if body.wait:
-        finished = services().store.wait_until_finished(record.job_id, body.wait)
+        record, finished = submit_and_wait(body.texts(), body.model, body.wait, body.callback_url)
         if finished is not None and finished.finished:
             return reply(s.Job.of(finished))
+    else:
+        record = submit_job(body.texts(), body.model, body.callback_url)
     status_url = url_for("jobs.get_job", job_id=record.job_id)
     return reply(s.JobAccepted(job_id=record.job_id, status="queued", model=record.model, status_url=status_url),
                  202, {"Location": status_url})
@@ -61,7 +62,7 @@ def get_job(job_id: str):
     wait = _wait_seconds(request.args.get("wait"))
     record = find_job(job_id)
     if wait and not record.finished:
-        record = services().store.wait_until_finished(job_id, wait) or record
+        record = wait_for_job(job_id, wait) or record
     return reply(s.Job.of(record))
 
 

@@ -9,7 +9,7 @@ from api.auth import require_api_key
 from api.contract import operation, reply
 from api.errors import APIError
 from api.extensions import services
-from api.submission import submit_job
+from api.submission import submit_and_wait
 from api.validation import parse_json_body
 from shared.jobs import SUCCEEDED
 
@@ -25,8 +25,7 @@ def create_moderation():
     body = parse_json_body(svc.schemas.moderations)
     # OpenAI's model names mean the default model, unless a configured model has that name.
     model = None if body.model in s.OPENAI_MODEL_NAMES and body.model not in svc.models else body.model
-    record = submit_job(body.texts(), model)
-    finished = svc.store.wait_until_finished(record.job_id, svc.settings.moderations_timeout)
+    record, finished = submit_and_wait(body.texts(), model, svc.settings.moderations_timeout)
     if finished is None or not finished.finished:
         raise APIError(504, "timeout", "the job did not finish in time; poll its status_url",
                        job_id=record.job_id, status_url=f"/jobs/{record.job_id}")

@@ -10,7 +10,7 @@ from api.metrics import JOBS_CANCELED, JOBS_SUBMITTED, TEXTS_SUBMITTED, count_re
 from shared import metrics as names
 from shared.jobs import JobRecord, is_job_id, new_job_id
 from shared.model_registry import ModelSpec
-from shared.queues import publish_job
+from shared.queues import broker_lists, publish_job
 from shared.webhooks import CallbackRefused, check_callback_url
 
 RETRY_AFTER_SECONDS = "1"
@@ -35,25 +35,30 @@ def checked_callback_url(url: str | None) -> str:
         raise APIError(400, "invalid_request", f"callback_url: {exc}") from None
 
 
-def submit_job(texts: list[str], model: str | None, callback_url: str | None = None) -> JobRecord:
+def _queue_full(spec: ModelSpec) -> APIError:
+    count_rejection(names.REJECT_QUEUE_FULL)
+    max_depth = services().settings.max_queue_depth
+    return APIError(503, "queue_full", f"the {spec.name} queue holds MAX_QUEUE_DEPTH={max_depth} jobs; retry later",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def submit_job(texts: list[str], model: str | None, callback_url: str | None = None,
+               job_id: str | None = None) -> JobRecord:
     svc = services()
     spec = resolve_model(model)
-    record = JobRecord(job_id=new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
+    record = JobRecord(job_id=job_id or new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
                        owner=g.get("owner", ""), callback_url=checked_callback_url(callback_url))
-    # The record exists before the message, so a worker or GET never sees an unknown job; a full queue
-    # then deletes the unused record. With the broker in the record Redis, one round trip does both.
-    queues = svc.queues
-    pipe = svc.redis.pipeline()
-    depth_results = queues.add_depth(pipe, spec.queue) if queues.shares_record_redis else 0
-    svc.store.create(record, pipe)
-    results = pipe.execute()
+    # The record exists before the message, so a worker or GET never sees an unknown job. With the broker
+    # in the record Redis, one script call reads the depth and writes the record only below MAX_QUEUE_DEPTH.
+    queues, max_depth = svc.queues, svc.settings.max_queue_depth
+    if queues.shares_record_redis:
+        if svc.store.create_unless_full(record, broker_lists(spec.queue), max_depth) >= max_depth:
+            raise _queue_full(spec)
+    else:
+        svc.store.create(record)
     try:  # whatever fails from here (a full queue, the broker down) removes the record it wrote
-        depth = sum(results[:depth_results]) if queues.shares_record_redis else queues.depth(spec.queue)
-        if depth >= svc.settings.max_queue_depth:
-            count_rejection(names.REJECT_QUEUE_FULL)
-            raise APIError(503, "queue_full", f"the {spec.name} queue holds MAX_QUEUE_DEPTH="
-                           f"{svc.settings.max_queue_depth} jobs; retry later",
-                           headers={"Retry-After": RETRY_AFTER_SECONDS})
+        if not queues.shares_record_redis and queues.depth(spec.queue) >= max_depth:
+            raise _queue_full(spec)
         publish_job(svc.celery, record.job_id, spec.name, texts, record.enqueued_ts)
     except Exception:
         svc.store.delete(record)
@@ -61,6 +66,17 @@ def submit_job(texts: list[str], model: str | None, callback_url: str | None = N
     JOBS_SUBMITTED.labels(spec.name).inc()
     TEXTS_SUBMITTED.labels(spec.name).inc(len(texts))
     return record
+
+
+def submit_and_wait(texts: list[str], model: str | None, timeout: float,
+                    callback_url: str | None = None) -> tuple[JobRecord, JobRecord | None]:
+    """Accept a job, then wait up to `timeout` s for it: (accepted record, latest record). Watched
+    before it is queued, so its completion cannot slip by and nothing needs reading back."""
+    svc = services()
+    job_id = new_job_id()
+    with svc.completions.watching(job_id) as waiter:
+        record = submit_job(texts, model, callback_url, job_id=job_id)
+        return record, svc.store.wait_watched(waiter, timeout, svc.completions, record)
 
 
 def find_job(job_id: str) -> JobRecord:

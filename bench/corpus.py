@@ -1,25 +1,20 @@
-"""The benchmark corpus: short texts (tweets) read from a CSV file that stays outside the repo."""
+"""The benchmark corpus: 3,000 distinct tweets committed in bench/corpus/tweets.jsonl (one JSON string per
+line), derived by bench/make_corpus.py from the Davidson et al. (2017) set (MIT, bench/corpus/LICENSE)."""
 
 from __future__ import annotations
 
-import csv
+import json
 from pathlib import Path
 
 from shared.config import PROJECT_ROOT
 
-DEFAULT_DATASET = PROJECT_ROOT.parent / "shared" / "datasets" / "davidson-2017" / "labeled_data.csv"
+CORPUS_FILE = PROJECT_ROOT / "bench" / "corpus" / "tweets.jsonl"
 
 
-def load_texts(path: Path, count: int, column: str = "tweet") -> list[str]:
-    """The first `count` distinct non-empty texts, in file order (distinct: the result cache must not help)."""
-    texts: dict[str, None] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            text = (row.get(column) or "").strip()
-            if text:
-                texts[text] = None
-            if len(texts) >= count:
-                break
+def load_texts(path: Path, count: int) -> list[str]:
+    """The first `count` texts of a corpus file (distinct, so the result cache must not help)."""
+    with open(path, encoding="utf-8") as f:
+        texts = [json.loads(line) for line in f if line.strip()][:count]
     if len(texts) < count:
-        raise SystemExit(f"{path} holds only {len(texts)} distinct texts in column {column!r}; need {count}")
-    return list(texts)
+        raise SystemExit(f"{path} holds only {len(texts)} texts; need {count} (see bench/make_corpus.py)")
+    return texts

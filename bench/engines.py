@@ -53,7 +53,7 @@ def sweep_table(rows: list[dict], batch_sizes: list[int], key: str = "rates", di
 
 
 def main(argv=None) -> None:
-    from bench.corpus import DEFAULT_DATASET, load_texts
+    from bench.corpus import CORPUS_FILE, load_texts
     from shared.config import BUNDLED_MODEL_PATH
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the CPU quota)")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
-    texts = load_texts(DEFAULT_DATASET, args.texts)
+    texts = load_texts(CORPUS_FILE, args.texts)
     rows = engine_sweep(args.model, texts, sizes, args.threads)
     print(f"texts/s in process, {len(texts)} texts, {args.model}")
     print(sweep_table(rows, sizes))

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
+from shared.config import get_settings
 from worker.inference import TextClassifier
 
 NO_TOKEN_LIMIT = 10**9
+
+
+def load_classifier(path: str, device: str, engine: str | None = None, quantize: str | None = None,
+                    threads: int = 0) -> TextClassifier:
+    """A classifier as the worker builds it; engine/quantize None mean the worker's defaults (ENGINE,
+    QUANTIZE); engine="torch", quantize="none" is the original app's torch fp32."""
+    settings = get_settings()
+    return TextClassifier(path, device, settings.quantize if quantize is None else quantize,
+                          threads or int(os.environ.get("TORCH_THREADS", "0")),
+                          settings.engine if engine is None else engine, settings.engine_cache_dir)
 
 
 def sync_device(classifier: TextClassifier) -> None:

@@ -39,12 +39,15 @@ class Connection:
         raise AssertionError("unreachable")
 
 
-def moderate_via_queue(conn: Connection, text: str) -> bool:
-    """The queue-backed API: POST with wait=, then GET ?wait= if the job was not finished in time."""
-    status, body = conn.request("POST", "/generate", {"input_text": text, "wait": WAIT_SECONDS})
+def moderate_via_queue(conn: Connection, text: str | list[str]) -> bool:
+    """The queue-backed API: POST with wait=, then GET ?wait= if the job was not finished in time.
+    A list is one job of several texts (inputs)."""
+    form = {"inputs": text} if isinstance(text, list) else {"input_text": text}
+    status, body = conn.request("POST", "/generate", {**form, "wait": WAIT_SECONDS})
     while status == 202 or (status == 200 and body.get("status") in ("queued", "running")):
         status, body = conn.request("GET", f"/jobs/{body['job_id']}?wait={WAIT_SECONDS}")
-    return status == 200 and body.get("status") == "succeeded" and len(body.get("results") or []) == 1
+    expected = len(text) if isinstance(text, list) else 1
+    return status == 200 and body.get("status") == "succeeded" and len(body.get("results") or []) == expected
 
 
 def moderate_sync(conn: Connection, text: str) -> bool:

@@ -19,6 +19,11 @@ class Row:
     note: str = ""
 
 
+def ms_list(per_process: dict[str, float]) -> str:
+    """"API 1.20, worker 3.40": CPU milliseconds by process."""
+    return ", ".join(f"{name} {ms:.2f}" for name, ms in per_process.items())
+
+
 def _ms(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds * 1000:.1f}"
 

@@ -60,8 +60,12 @@ class CpuMeter:
         self.spent = {name: cpu_seconds(pid, name != "clients") - self.started[name]
                       for name, pid in self.pids.items()}
 
+    def per_item(self, items: int) -> dict[str, float]:
+        """CPU milliseconds per item, by process."""
+        return {name: seconds * 1000 / items for name, seconds in self.spent.items()}
+
     def per_item_ms(self, items: int) -> str:
-        return ", ".join(f"{name} {seconds * 1000 / items:.1f}" for name, seconds in self.spent.items())
+        return ", ".join(f"{name} {ms:.2f}" for name, ms in self.per_item(items).items())
 
 
 def rss_mb(proc: Proc) -> float:

@@ -20,6 +20,7 @@ from celery import Celery
 from kombu import Queue
 
 from shared.config import Settings
+from shared.kombu_redis import transport_for
 from shared.queues import queue_for_model
 
 # How often a live worker sweeps Redis for unacknowledged messages whose visibility timeout passed.
@@ -62,6 +63,7 @@ def configure_celery(app: Celery, settings: Settings) -> Celery:
     redis_broker = is_redis_url(settings.broker_url)
     app.conf.update(
         broker_url=settings.broker_url,
+        broker_transport=transport_for(settings.broker_url),
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # results live in our own job records (shared/jobs.py)
@@ -71,7 +73,9 @@ def configure_celery(app: Celery, settings: Settings) -> Celery:
         # Enough prefetched messages to fill the next batch while the current one runs.
         worker_prefetch_multiplier=max(1, 2 * settings.batch_max_texts // settings.worker_concurrency),
         worker_send_task_events=True,  # celery-exporter reads these
-        task_send_sent_event=True,
+        # No task-sent event: one more Redis PUBLISH per job in the API, and no dashboard or alert uses
+        # celery_task_sent_total (moderation_jobs_submitted_total counts accepted jobs).
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,

@@ -2,7 +2,8 @@
 
 Lifecycle: the API creates a record ("queued") *before* it enqueues the Celery message, so an id
 the API answered for is never unknown; the worker moves it to "running" and then to "succeeded"
-or "failed", and publishes on the job's channel so waiting requests wake up at once. A queued job
+or "failed", and publishes the finished record (a JSON object of its hash fields) on the job's
+channel so waiting requests answer at once (shared/completions.py). A queued job
 may instead be "canceled" (DELETE /jobs/<id>); a worker that later receives its message skips it.
 Records expire RESULT_TTL seconds after creation (refreshed when they finish).
 """
@@ -34,7 +35,10 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results'
 redis.call('HDEL', KEYS[1], 'texts')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[7])
-redis.call('PUBLISH', KEYS[2], ARGV[1])
+-- The finished record itself is the message, so a waiting request needs no read to answer.
+local flat, record = redis.call('HGETALL', KEYS[1]), {}
+for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+redis.call('PUBLISH', KEYS[2], cjson.encode(record))
 return 1
 """
 # Cancel only a job still queued (checked and changed atomically); answers 1, or the status it found.
@@ -47,11 +51,31 @@ redis.call('ZREM', ARGV[2] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[3])
 redis.call('PUBLISH', KEYS[2], 'canceled')
 return 1
 """
-_START_SCRIPT = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'queued' and status ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-return 1
+# Accepting a job is one call: add up the queue's broker lists (KEYS[3:]) and, below ARGV[1] messages,
+# write the record (KEYS[1], fields ARGV[5:]) with its TTL and pending entry (KEYS[2]). Returns the depth.
+_CREATE_SCRIPT = """
+local depth = 0
+for i = 3, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
+if depth >= tonumber(ARGV[1]) then return depth end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return depth
+"""
+# Claiming a batch is one call: each job's (status, enqueued_ts) as it was, and unfinished ones become
+# "running". Missing records answer "" ("nil" would cut Lua's reply array short).
+_CLAIM_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local row = redis.call('HMGET', key, 'status', 'enqueued_ts')
+  local status = row[1] or ''
+  if status == 'queued' or status == 'running' then
+    redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
+  end
+  out[2 * i - 1] = status
+  out[2 * i] = row[2] or ''
+end
+return out
 """
 
 
@@ -74,8 +98,11 @@ def job_key(job_id: str) -> str:
     return KEY_PREFIX + job_id
 
 
+DONE_SUFFIX = ":done"
+
+
 def done_channel(job_id: str) -> str:
-    return f"{KEY_PREFIX}{job_id}:done"
+    return f"{KEY_PREFIX}{job_id}{DONE_SUFFIX}"
 
 
 PENDING_PREFIX = "moderation:pending:"
@@ -144,15 +171,13 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._finish = client.register_script(_FINISH_SCRIPT)
-        self._start = client.register_script(_START_SCRIPT)
         self._cancel = client.register_script(_CANCEL_SCRIPT)
+        self._claim = client.register_script(_CLAIM_SCRIPT)
+        self._create = client.register_script(_CREATE_SCRIPT)
 
-    def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
-        """Write a new record; given a pipeline, only queue the commands on it (the caller executes)."""
-        key = job_key(record.job_id)
-        own_pipe = pipe is None
-        pipe = self.redis.pipeline() if own_pipe else pipe
-        pipe.hset(key, mapping={
+    @staticmethod
+    def _fields(record: JobRecord) -> dict[str, str]:
+        return {
             "model": record.model,
             "queue": record.queue,
             "texts": json.dumps(record.texts or []),
@@ -161,7 +186,21 @@ class JobStore:
             **({"callback_url": record.callback_url} if record.callback_url else {}),
             "created_at": record.created_at,
             "enqueued_ts": repr(record.enqueued_ts),
-        })
+        }
+
+    def create_unless_full(self, record: JobRecord, depth_keys: list[str], max_depth: int) -> int:
+        """Write a new record only if the lists `depth_keys` hold fewer than `max_depth` messages in all;
+        returns that depth (>= max_depth: nothing was written). One round trip, atomic."""
+        fields = [item for pair in self._fields(record).items() for item in pair]
+        return int(self._create(keys=[job_key(record.job_id), pending_key(record.queue), *depth_keys],
+                                args=[max_depth, self.ttl, repr(record.enqueued_ts), record.job_id, *fields]))
+
+    def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
+        """Write a new record; given a pipeline, only queue the commands on it (the caller executes)."""
+        key = job_key(record.job_id)
+        own_pipe = pipe is None
+        pipe = self.redis.pipeline() if own_pipe else pipe
+        pipe.hset(key, mapping=self._fields(record))
         pipe.expire(key, self.ttl)
         pipe.zadd(pending_key(record.queue), {record.job_id: record.enqueued_ts})
         if own_pipe:
@@ -194,12 +233,13 @@ class JobStore:
             pipe.hmget(job_key(job_id), ["status", "enqueued_ts"])
         return [tuple(row) for row in pipe.execute()]
 
-    def mark_running(self, job_ids: list[str]) -> None:
-        now = utc_now()
-        pipe = self.redis.pipeline()
-        for job_id in job_ids:
-            self._start(keys=[job_key(job_id)], args=[now], client=pipe)
-        pipe.execute()
+    def claim(self, job_ids: list[str]) -> list[tuple[str | None, str | None]]:
+        """Mark unfinished jobs running and return every job's previous (status, enqueued_ts), as
+        states() does, in one round trip (one script call for the whole batch)."""
+        if not job_ids:
+            return []
+        flat = self._claim(keys=[job_key(job_id) for job_id in job_ids], args=[utc_now()])
+        return [(flat[i] or None, flat[i + 1] or None) for i in range(0, len(flat), 2)]
 
     def finish_many(self, outcomes: list[tuple[str, list[ModerationResult] | None, str | None]]) -> None:
         """Store (job_id, results, error) outcomes in one round trip; error set means failed."""
@@ -217,23 +257,34 @@ class JobStore:
         found = self._cancel(keys=[job_key(job_id), done_channel(job_id)], args=[utc_now(), PENDING_PREFIX, job_id])
         return (True, CANCELED) if found == 1 else (False, found)
 
-    def wait_until_finished(self, job_id: str, timeout: float) -> JobRecord | None:
-        """Return the record as soon as it finishes or after `timeout` seconds (pub/sub, no polling loop)."""
-        record = self.get(job_id)
-        if record is None or record.finished or timeout <= 0:
-            return record
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(done_channel(job_id))
-            # Re-read after subscribing: the job may have finished in between.
-            record = self.get(job_id)
-            deadline = time.monotonic() + timeout
-            while record is not None and not record.finished:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if pubsub.get_message(timeout=min(remaining, 1.0)) is not None:
-                    record = self.get(job_id)
-            return record
-        finally:
-            pubsub.close()
+    def wait_until_finished(self, job_id: str, timeout: float, listener) -> JobRecord | None:
+        """Return the record as soon as it finishes or after `timeout` seconds. `listener` is the
+        process's shared.completions.CompletionListener (pub/sub, no polling while it is subscribed)."""
+        with listener.watching(job_id) as waiter:
+            return self.wait_watched(waiter, timeout, listener)
+
+    def wait_watched(self, waiter, timeout: float, listener, record: JobRecord | None = None) -> JobRecord | None:
+        """As wait_until_finished, for a job already watched (`listener.watching`). `record`: its state
+        read or written after the watch began (None: read it now). No read when the job finishes while
+        we wait: the finished record comes with the message."""
+        deadline = time.monotonic() + timeout
+        record = record or self.get(waiter.job_id)
+        while record is not None and not record.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if waiter.event.wait(min(remaining, 1.0)):
+                record = _record_from_message(waiter.job_id, waiter.message) or self.get(waiter.job_id)
+                waiter.event.clear()
+            elif not listener.covers(waiter.since):
+                record = self.get(waiter.job_id)
+        return record
+
+
+def _record_from_message(job_id: str, message: str | None) -> JobRecord | None:
+    """The record published by _FINISH_SCRIPT; None if the message is not one (then read the record)."""
+    try:
+        data = json.loads(message or "")
+        return JobRecord.from_hash(job_id, data) if isinstance(data, dict) and data.get("status") else None
+    except (ValueError, TypeError):
+        return None

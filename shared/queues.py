@@ -23,5 +23,8 @@ def broker_lists(queue: str) -> list[str]:
 
 def publish_job(celery_app, job_id: str, model: str, texts: list[str], enqueued_at: float) -> None:
     """Send one job's task message. The task id is the job id; `enqueued_at` feeds queue-age metrics."""
+    # argsrepr/kwargsrepr given: Celery would otherwise saferepr() the texts into every message's
+    # headers, which costs CPU per job and copies user text into anything that logs headers.
     celery_app.send_task(MODERATE_TASK, args=[job_id, model, texts], queue=queue_for_model(model),
-                         task_id=job_id, headers={"enqueued_at": enqueued_at})
+                         task_id=job_id, headers={"enqueued_at": enqueued_at},
+                         argsrepr=f"[{job_id!r}, {model!r}, <{len(texts)} texts>]", kwargsrepr="{}")

@@ -169,7 +169,7 @@ def test_cancel_a_queued_job_and_the_worker_skips_it(stack):
 
     # A job the worker has started (marked running) can no longer be canceled.
     running = submit(stack, model="spare", input_text="started").json()["job_id"]
-    JobStore(stack["redis"].client(), 60).mark_running([running])
+    JobStore(stack["redis"].client(), 60).claim([running])  # as a worker taking it does
     assert requests.delete(f"{api}/jobs/{running}", headers=ALICE, timeout=10).status_code == 409
 
     # A worker for `spare` receives the canceled job's message, acknowledges it and does not run it.

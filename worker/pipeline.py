@@ -127,7 +127,8 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
 
     # Skip jobs that already finished (a redelivered duplicate) or whose record expired, and a second
     # copy of a job's message in this same batch (a re-publish racing the original): run each job once.
-    states = store.states([job.job_id for job in jobs])
+    # The others are marked running in the same round trip.
+    states = store.claim([job.job_id for job in jobs])
     live, live_ids = [], set()
     for job, (status, enqueued_ts) in zip(jobs, states):
         if status is None or status in FINISHED or job.job_id in live_ids:
@@ -160,11 +161,10 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
 
 
 def _run_jobs(runtime: WorkerRuntime, jobs: list[Job]) -> list[Outcome]:
-    """Count the attempt, mark the jobs running, and score them (jobs of one model share passes)."""
+    """Count the attempt and score the jobs (already marked running by claim; jobs of one model share passes)."""
     if not jobs:
         return []
     runtime.deliveries.record([job.job_id for job in jobs])
-    runtime.store.mark_running([job.job_id for job in jobs])
     by_model: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         by_model[job.model].append(job)

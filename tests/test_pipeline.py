@@ -39,7 +39,10 @@ def stack(redis_server, known_multilabel_model, known_singlelabel_model, tiny_mu
              "random": tiny_multilabel_model}
     env = base_env(redis_server.url, MODELS=",".join(f"{name}={path}" for name, path in paths.items()),
                    DEFAULT_MODEL="tiny", SAFE_LABELS="ok", MODEL_THRESHOLDS=json.dumps(OVERRIDES),
-                   BATCH_MAX_WAIT_MS="20")
+                   BATCH_MAX_WAIT_MS="20",
+                   # Exact scores are checked here, so the reference engine (torch fp32) runs; the default
+                   # engine (ONNX Runtime int8) is checked against it in tests/test_engine*.py.
+                   ENGINE="torch", QUANTIZE="none")
     api = start_api(env, logs / "api.log")
     try:
         ready_before = requests.get(api.url + "/readyz", timeout=5)

@@ -14,14 +14,15 @@ import psutil
 from scripts.launch import Proc, base_env
 
 # Worker/API tuning variables the caller may set for a run (base_env drops them otherwise).
-TUNABLE = ("BATCH_MAX_TEXTS", "BATCH_MAX_TOKENS", "BATCH_MAX_WAIT_MS", "TORCH_THREADS", "QUANTIZE",
+TUNABLE = ("BATCH_MAX_TEXTS", "BATCH_MAX_TOKENS", "BATCH_MAX_WAIT_MS", "TORCH_THREADS", "ENGINE", "QUANTIZE",
            "GUNICORN_THREADS", "WORKER_CONCURRENCY")
 
 
 def service_env(redis_url: str, model_path: str, device: str, **overrides) -> dict[str, str]:
     env = base_env(redis_url, MODEL_PATH=model_path, DEVICE=device, LOG_LEVEL="WARNING",
                    # Every corpus text is distinct and the cache is off, so each one costs a forward pass.
-                   CACHE_TTL="0", MAX_QUEUE_DEPTH="1000000", RESULT_TTL="900", MAX_WAIT_SECONDS="60")
+                   CACHE_TTL="0", MAX_QUEUE_DEPTH="1000000", RESULT_TTL="900", MAX_WAIT_SECONDS="60",
+                   ENGINE="auto", QUANTIZE="")  # the service as deployed: its default engine
     env.update({name: os.environ[name] for name in TUNABLE if os.environ.get(name)})
     env.update({k: str(v) for k, v in overrides.items()})
     return env

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,7 +46,10 @@ _OWN_PREFIXES = ("MODEL", "WORKER_", "RATE_", "API_KEYS", "BATCH_", "CACHE_", "P
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     """This environment minus the service's own settings, plus REDIS_URL, a free metrics port and `overrides`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
+    # ENGINE/QUANTIZE: the reference engine (torch fp32), whose scores do not depend on the other texts
+    # of a forward pass, so tests can compare exact scores; tests of the default engine pass ENGINE="auto".
     env.update({"REDIS_URL": redis_url, "RATE_LIMITER": "off", "READ_RATE_LIMITER": "off", "LOG_LEVEL": "INFO",
+                "ENGINE": "torch", "QUANTIZE": "none",
                 "WORKER_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in overrides.items()})
     return env
@@ -168,6 +172,8 @@ def start_worker(env: dict, log_path: Path, models: list[str] | None = None, tim
             except redis.RedisError:
                 return False
         wait_until(ready, timeout, interval=0.2, what=f"the worker to be ready:\n{proc.log_tail()}")
+        # Its Celery node name (worker/deliveries.py: worker_name), for remote control of this one worker.
+        proc.nodename = re.search(rf"moderation-{proc.process.pid}@[\w.-]*\w", proc.log_tail(100_000)).group(0)
     except BaseException:
         proc.stop()
         raise

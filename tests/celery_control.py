@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from contextlib import contextmanager
 
 from shared.celery_app import make_celery
@@ -10,11 +9,12 @@ from shared.config import load_settings
 
 
 @contextmanager
-def consumer_paused(env: dict, worker_pid: int, queue: str):
-    """The worker (`python -m worker`, pid `worker_pid`) takes nothing from `queue` inside the block;
-    what it already prefetched still runs. Both steps wait for the worker's reply."""
+def consumer_paused(env: dict, nodename: str, queue: str):
+    """The worker (`python -m worker`, Celery node `nodename`, see scripts/launch.py start_worker) takes
+    nothing from `queue` inside the block; what it already prefetched still runs. Both steps wait for the
+    worker's reply."""
     control = make_celery(load_settings(env)).control
-    destination = [f"moderation-{worker_pid}@{socket.gethostname()}"]
+    destination = [nodename]
     assert control.cancel_consumer(queue, destination=destination, reply=True, timeout=10), "no reply"
     try:
         yield

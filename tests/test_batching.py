@@ -31,7 +31,8 @@ def stack(redis_server, tiny_multilabel_model, tmp_path_factory):
     api = start_api(env, logs / "api.log")
     worker = start_worker(env, logs / "worker.log", models=["tiny"])
     yield {"api": api.url, "metrics": f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics",
-           "model": TextClassifier(str(tiny_multilabel_model), device="cpu", threads=1),
+           "model": TextClassifier(str(tiny_multilabel_model), device="cpu", threads=1, engine="torch",
+                                   quantize="none"),
            "env": env, "worker": worker, "redis": redis_server.client()}
     worker.stop()
     api.stop()
@@ -108,7 +109,7 @@ def test_jobs_arriving_together_share_forward_passes(stack):
     texts = make_texts(random.Random(7), 64)
     queue = queue_for_model("tiny")
     before = worker_samples(stack)
-    with consumer_paused(stack["env"], stack["worker"].process.pid, queue):
+    with consumer_paused(stack["env"], stack["worker"].nodename, queue):
         with requests.Session() as session:
             ids = [session.post(stack["api"] + "/generate", json={"input_text": text}, timeout=10).json()["job_id"]
                    for text in texts]

@@ -24,7 +24,7 @@ def bundled_stack(redis_server, tmp_path_factory):
     assert built.stdout.strip().splitlines()[-1] == str(BUNDLED_MODEL_PATH)
     redis_server.client().flushall()
     logs = tmp_path_factory.mktemp("bundled-logs")
-    env = base_env(redis_server.url)  # no MODEL_PATH: the bundled default
+    env = base_env(redis_server.url, ENGINE="auto", QUANTIZE="")  # no MODEL_PATH: the bundled default, as served
     api = start_api(env, logs / "api.log")
     worker = start_worker(env, logs / "worker.log", models=["default"])
     yield api.url

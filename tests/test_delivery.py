@@ -128,7 +128,7 @@ def stack(broker_kind, redis_server, tiny_multilabel_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(stack):
-    return TextClassifier(str(stack.model_path), device="cpu", threads=1)
+    return TextClassifier(str(stack.model_path), device="cpu", threads=1, engine="torch", quantize="none")
 
 
 def assert_scores_match(job: dict, text: str, reference: TextClassifier) -> None:

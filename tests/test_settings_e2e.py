@@ -288,7 +288,7 @@ def test_duplicate_messages_of_a_queued_job_run_it_once(stack):
     text = unique("you idiot")
     queue = queue_for_model("known")
     before = stack.metrics()
-    with consumer_paused(stack.env, worker.process.pid, queue):
+    with consumer_paused(stack.env, worker.nodename, queue):
         response, _ = post(stack.api.url, "/generate", {"input_text": text})
         job_id = response.json()["job_id"]
         publish_job(make_celery(load_settings(stack.env)), job_id, "known", [text], time.time())

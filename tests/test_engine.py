@@ -103,7 +103,7 @@ def test_export_failure_logs_one_line_and_torch_runs(fnet_model, tmp_path, caplo
 
 def test_service_answers_when_export_fails(fnet_model, redis_server, tmp_path):
     env = base_env(redis_server.url, MODEL_PATH=str(fnet_model), ENGINE_CACHE_DIR=str(tmp_path / "cache"),
-                   BATCH_MAX_WAIT_MS="5")
+                   BATCH_MAX_WAIT_MS="5", ENGINE="auto", QUANTIZE="")  # the default engine, as deployed
     api = start_api(env, tmp_path / "api.log", workers=1)
     worker = start_worker(env, tmp_path / "worker.log", models=["default"])
     try:

@@ -18,6 +18,7 @@ import requests
 
 from scripts import rabbitmq
 from scripts.launch import (  # noqa: F401  (re-exported: the tests' one import for processes)
+    ROOT,
     ApiServer,
     Proc,
     RedisServer,

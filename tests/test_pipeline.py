@@ -1,16 +1,18 @@
-"""End to end over real HTTP: gunicorn API -> Redis/Celery -> `python -m worker` with tiny real models."""
+"""End to end over real HTTP: gunicorn API -> Redis/Celery -> `python -m worker` with tiny real models,
+on both brokers (Redis, and RabbitMQ in a private vhost)."""
 
 from __future__ import annotations
 
 import math
 import time
 import uuid
+from contextlib import ExitStack
 
 import pytest
 import requests
 
 from tests.conftest import MULTI_LABELS, SINGLE_LABELS
-from tests.support import base_env, start_api, start_worker, wait_for_job
+from tests.support import base_env, broker_for, start_api, start_worker, wait_for_job
 from worker.inference import TextClassifier
 
 TEXTS = ["i love my new puppy", "we should kill all martians", "you are an idiot", "the weather is nice today",
@@ -18,18 +20,18 @@ TEXTS = ["i love my new puppy", "we should kill all martians", "you are an idiot
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server, tiny_multilabel_model, tiny_singlelabel_model, tmp_path_factory):
+def stack(broker_kind, redis_server, tiny_multilabel_model, tiny_singlelabel_model, tmp_path_factory):
     redis_server.client().flushall()
-    logs = tmp_path_factory.mktemp("pipeline-logs")
-    env = base_env(redis_server.url, MODELS=f"tiny={tiny_multilabel_model},single={tiny_singlelabel_model}",
-                   DEFAULT_MODEL="tiny", SAFE_LABELS="ok", BATCH_MAX_WAIT_MS="20")
-    api = start_api(env, logs / "api.log")
-    ready_before = requests.get(api.url + "/readyz", timeout=5)
-    worker = start_worker(env, logs / "worker.log", models=["tiny", "single"])
-    yield {"api": api.url, "worker": worker, "ready_before": ready_before,
-           "paths": {"tiny": tiny_multilabel_model, "single": tiny_singlelabel_model}}
-    worker.stop()
-    api.stop()
+    logs = tmp_path_factory.mktemp(f"pipeline-logs-{broker_kind}")
+    with ExitStack() as cleanup:  # each process is stopped even if a later set-up step fails
+        broker = cleanup.enter_context(broker_for(broker_kind, redis_server.url))
+        env = base_env(redis_server.url, MODELS=f"tiny={tiny_multilabel_model},single={tiny_singlelabel_model}",
+                       DEFAULT_MODEL="tiny", SAFE_LABELS="ok", BATCH_MAX_WAIT_MS="20", CELERY_BROKER_URL=broker.url)
+        api = cleanup.enter_context(start_api(env, logs / "api.log"))
+        ready_before = requests.get(api.url + "/readyz", timeout=5)
+        worker = cleanup.enter_context(start_worker(env, logs / "worker.log", models=["tiny", "single"]))
+        yield {"api": api.url, "worker": worker, "ready_before": ready_before,
+               "paths": {"tiny": tiny_multilabel_model, "single": tiny_singlelabel_model}}
 
 
 @pytest.fixture(scope="module")

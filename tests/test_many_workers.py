@@ -36,6 +36,7 @@ TEXTS_PER_JOB = 8  # enough work that the drain outlasts several kills on a smal
 WORKERS = 3
 KILL_EVERY_SECONDS = 2.0
 MAX_KILLS = 8
+PUBLISH_SECONDS = 20
 VISIBILITY_TIMEOUT = int(os.environ.get("MANY_WORKERS_VISIBILITY_TIMEOUT", "30"))
 
 
@@ -63,6 +64,14 @@ def test_three_workers_drain_3000_jobs_while_one_is_killed_every_few_seconds(cha
         store.create(JobRecord(job_id=job_id, model=MODEL, queue=QUEUE, texts=text))
         celery.send_task(MODERATE_TASK, args=[job_id, MODEL, text], queue=QUEUE, task_id=job_id)
 
+    def publish_stream(pairs) -> None:
+        step = JOBS // PUBLISH_SECONDS
+        for start_at in range(0, JOBS, step):
+            began = time.monotonic()
+            for pair in pairs[start_at:start_at + step]:
+                publish(pair)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+
     def unfinished() -> int:
         return sum(status not in FINISHED for status, _ in store.states(job_ids))
 
@@ -81,11 +90,13 @@ def test_three_workers_drain_3000_jobs_while_one_is_killed_every_few_seconds(cha
             start(slot)
         wait_until(lambda: all(consuming(procs[-1]) for procs in slots.values()), timeout=300, interval=0.5,
                    what="three consuming workers")
+        # Jobs arrive as a stream over PUBLISH_SECONDS, so the kills fall while there is work in flight
+        # however fast this machine drains them.
         started = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:  # all three consume from the first message on
-            list(pool.map(publish, zip(job_ids, texts)))
+        publisher = ThreadPoolExecutor(1)
+        published = publisher.submit(publish_stream, list(zip(job_ids, texts)))
         victims = itertools.cycle(slots)
-        while kills < MAX_KILLS and unfinished():
+        while kills < MAX_KILLS and (not published.done() or unfinished()):
             time.sleep(KILL_EVERY_SECONDS)
             # The next slot whose worker is consuming (one still loading its model has nothing to lose).
             slot = next((s for s in (next(victims) for _ in slots) if consuming(slots[s][-1])), None)
@@ -95,6 +106,8 @@ def test_three_workers_drain_3000_jobs_while_one_is_killed_every_few_seconds(cha
             slots[slot][-1].process.wait(10)
             kills += 1
             start(slot)
+        published.result()
+        publisher.shutdown()
         last_kill = time.monotonic()
         wait_until(lambda: unfinished() == 0, timeout=VISIBILITY_TIMEOUT + 180, interval=0.5,
                    what="every job to finish")

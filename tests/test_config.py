@@ -1,9 +1,13 @@
 """Settings from the environment: defaults, model maps, and clear errors for bad values."""
 
+import subprocess
+import sys
+
 import pytest
 
 from shared.config import BUNDLED_MODEL_PATH, ConfigError, load_settings
 from shared.queues import broker_lists, queue_for_model
+from tests.support import ROOT, base_env
 
 
 def test_defaults_serve_the_bundled_model():
@@ -49,3 +53,16 @@ def test_api_keys_from_env_and_file(tmp_path):
 def test_each_model_has_its_own_queue_and_priority_lists():
     assert queue_for_model("a") != queue_for_model("b")
     assert broker_lists("q") == ["q", "q\x06\x163", "q\x06\x166", "q\x06\x169"]
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("BATCH_MAX_TEXTS", "lots", "configuration error: BATCH_MAX_TEXTS must be an integer, got 'lots'"),
+    ("MAX_DELIVERIES", "0", "configuration error: MAX_DELIVERIES must be >= 1, got 0"),
+])
+def test_a_bad_variable_makes_the_worker_exit_2_with_one_line(name, value, message):
+    """Nothing reads settings at import (shared/celery_app.py, worker/tasks.py): `main` reports it."""
+    env = {**base_env("redis://127.0.0.1:1/0"), name: value}
+    result = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -275,7 +275,7 @@ def test_sigterm_to_a_busy_worker_finishes_its_batch_exits_0_and_loses_nothing(s
     finally:
         worker.stop()
     if stack.broker.is_redis:
-        assert "Restoring" in worker.log_tail()  # kombu put the prefetched, unstarted messages back
+        assert "Restoring" in worker.log_tail(1_000_000)  # kombu put the prefetched, unstarted messages back
 
     statuses = stack.statuses(job_ids)
     # Nothing half-done: the batch in hand finished; what was only prefetched went back to the queue.

@@ -4,6 +4,8 @@ Models served: "tiny" and "plain" are the same known-score model (tests/tiny_mod
 with a MODEL_THRESHOLDS override; "single" is a known-score single-label model with a safe label;
 "random" has random weights (scores vary per text), for ordering checks. Expected numbers come from the
 known models' spec or from a plain transformers forward pass, never from the worker's own code.
+Every test runs on both brokers (Redis, and RabbitMQ in a private vhost); the stacks use the reference
+engine (torch fp32, tests/support.py base_env), so scores are compared exactly.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import json
 import math
 import time
 import uuid
+from contextlib import ExitStack
 
 import pytest
 import requests
 
 from tests.conftest import KNOWN_MULTI, KNOWN_SINGLE, MULTI_LABELS, SINGLE_LABELS
-from tests.support import base_env, start_api, start_worker, wait_for_job
+from tests.support import base_env, broker_for, start_api, start_worker, wait_for_job
 
 TEXTS = ["i love my new puppy", "we should kill all martians", "you are an idiot", "the weather is nice today",
          "great food from mexico", "i disagree with your tax policy", "we should hate martians",
@@ -32,27 +35,21 @@ TINY_SET = {"i love my new puppy": set(), "we should kill all martians": {"viole
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server, known_multilabel_model, known_singlelabel_model, tiny_multilabel_model, tmp_path_factory):
+def stack(broker_kind, redis_server, known_multilabel_model, known_singlelabel_model, tiny_multilabel_model,
+          tmp_path_factory):
     redis_server.client().flushall()
-    logs = tmp_path_factory.mktemp("pipeline-logs")
+    logs = tmp_path_factory.mktemp(f"pipeline-logs-{broker_kind}")
     paths = {"tiny": known_multilabel_model, "plain": known_multilabel_model, "single": known_singlelabel_model,
              "random": tiny_multilabel_model}
-    env = base_env(redis_server.url, MODELS=",".join(f"{name}={path}" for name, path in paths.items()),
-                   DEFAULT_MODEL="tiny", SAFE_LABELS="ok", MODEL_THRESHOLDS=json.dumps(OVERRIDES),
-                   BATCH_MAX_WAIT_MS="20",
-                   # Exact scores are checked here, so the reference engine (torch fp32) runs; the default
-                   # engine (ONNX Runtime int8) is checked against it in tests/test_engine*.py.
-                   ENGINE="torch", QUANTIZE="none")
-    api = start_api(env, logs / "api.log")
-    try:
+    with ExitStack() as cleanup:  # each process is stopped even if a later set-up step fails
+        broker = cleanup.enter_context(broker_for(broker_kind, redis_server.url))
+        env = base_env(redis_server.url, MODELS=",".join(f"{name}={path}" for name, path in paths.items()),
+                       DEFAULT_MODEL="tiny", SAFE_LABELS="ok", MODEL_THRESHOLDS=json.dumps(OVERRIDES),
+                       BATCH_MAX_WAIT_MS="20", CELERY_BROKER_URL=broker.url)
+        api = cleanup.enter_context(start_api(env, logs / "api.log"))
         ready_before = requests.get(api.url + "/readyz", timeout=5)
-        worker = start_worker(env, logs / "worker.log", models=list(paths))
-    except BaseException:
-        api.stop()
-        raise
-    yield {"api": api.url, "worker": worker, "ready_before": ready_before, "paths": paths}
-    worker.stop()
-    api.stop()
+        worker = cleanup.enter_context(start_worker(env, logs / "worker.log", models=list(paths)))
+        yield {"api": api.url, "worker": worker, "ready_before": ready_before, "paths": paths}
 
 
 def transformers_scores(path, texts: list[str]) -> list[list[float]]:

@@ -3,6 +3,7 @@ when it shuts down, in Celery's own order (no signal handlers).
 
 - HeartbeatStep advertises the worker in shared/worker_registry.py (what /readyz and /models read).
 - RedeliveryStep runs worker/redelivery.py's sweep, only on the Redis transport.
+- BatchTimerStep re-arms the batching task's flush timer after a reconnect.
 Each runs its loop in a thread of its own: the worker's shared timer also drives celery-batches'
 flushes, which a slow Redis call must not delay.
 """
@@ -13,6 +14,7 @@ from celery import bootsteps
 
 from shared.broker import broker_redis
 from shared.celery_app import is_redis_url
+from shared.queues import MODERATE_TASK
 from worker.heartbeat import Heartbeat
 from worker.redelivery import RedeliverySweeper
 from worker.runtime import get_runtime
@@ -66,5 +68,14 @@ class RedeliveryStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
+class BatchTimerStep(bootsteps.StartStopStep):
+    """Re-arms celery-batches' flush timer each time the consumer (re)connects (worker/tasks.py)."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, consumer):
+        consumer.app.tasks[MODERATE_TASK].restart_flush_timer()
+
+
 def install(app) -> None:
-    app.steps["consumer"].update([HeartbeatStep, RedeliveryStep])
+    app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, BatchTimerStep])

@@ -9,6 +9,7 @@ batch every BATCH_MAX_WAIT_MS, which queue up behind the busy model one or two t
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from celery_batches import Batches, SimpleRequest
@@ -19,6 +20,8 @@ from shared.config import Settings
 from shared.queues import MODERATE_TASK
 from worker.pipeline import process_batch
 from worker.runtime import get_runtime
+
+log = logging.getLogger(__name__)
 
 
 class AckStoredBatches(Batches):
@@ -49,17 +52,32 @@ class AckStoredBatches(Batches):
             self._in_flight += 1
         return self._pool.apply_async(self._run, (batch,))
 
+    def restart_flush_timer(self) -> None:
+        """After a lost broker connection the consumer restarts with a cleared timer, but celery-batches
+        keeps its handle to the dead repeating flush and never schedules another: buffered requests
+        would wait for a full batch. Called by worker/bootsteps.py on every consumer (re)start."""
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        self.flush([])
+
     def _run(self, requests):
         stored: set = set()
         try:
             stored = set(apply_batches_task(self, ([SimpleRequest.from_request(r) for r in requests],), 0, None)
                          or ())
         finally:
-            for request in requests:
-                if request.id in stored:
-                    request.acknowledge()
-                else:
-                    request.reject(requeue=True)
+            try:
+                for request in requests:
+                    if request.id in stored:
+                        request.acknowledge()
+                    else:
+                        request.reject(requeue=True)
+            except Exception as exc:  # noqa: BLE001
+                # The broker connection died under us: the broker redelivers these messages itself
+                # (RabbitMQ at once, Redis after the visibility timeout). The slot below must still be
+                # freed, or this worker would hold every later batch forever.
+                log.warning("could not acknowledge a batch (the broker will redeliver it): %s", exc)
             with self._lock:
                 # Under load (a backlog is forming), give it up to BATCH_MAX_WAIT_MS to fill the next
                 # batch: clients whose jobs just finished are sending their next ones. Idle: go at once.

@@ -193,3 +193,36 @@ def broker_for(kind: str, redis_url: str, proxied: bool = False):
             yield broker
         finally:
             proxy.stop()
+
+
+class RedisMonitor:
+    """Redis MONITOR in a thread: every command the server runs while it is active."""
+
+    STOP = "redis-monitor-stop"
+
+    def __init__(self, url: str):
+        self.url = url
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.commands: list[str] = []
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        # No socket timeout: redis-py drops the connection (and the MONITOR) on a read timeout.
+        with self.client.monitor() as monitor:
+            self.ready.set()
+            while True:
+                command = monitor.next_command()["command"]
+                if self.STOP in command:
+                    return
+                self.commands.append(command)
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.ready.wait(10), "MONITOR did not start"
+        return self
+
+    def __exit__(self, *exc):
+        redis.Redis.from_url(self.url).echo(self.STOP)
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "MONITOR thread did not stop"

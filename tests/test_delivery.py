@@ -26,7 +26,16 @@ from shared.celery_app import make_celery
 from shared.jobs import FINISHED, JobRecord, JobStore
 from shared.queues import MODERATE_TASK, queue_for_model
 from tests.conftest import MULTI_LABELS
-from tests.support import Proc, base_env, broker_for, start_api, start_worker, wait_for_job, wait_until
+from tests.support import (
+    Proc,
+    RedisMonitor,
+    base_env,
+    broker_for,
+    start_api,
+    start_worker,
+    wait_for_job,
+    wait_until,
+)
 from tests.tiny_models import WORDS
 from worker.__main__ import EXIT_MODEL_LOAD_ERROR
 from worker.inference import TextClassifier
@@ -302,11 +311,12 @@ def test_sigterm_to_gunicorn_drains_an_in_flight_request_and_exits_0(stack):
         answer["seconds"] = time.monotonic() - started
 
     client = threading.Thread(target=long_poll)
-    with api:
+    with api, RedisMonitor(stack.env["REDIS_URL"]) as monitor:
         client.start()
-        # The request is in flight, parked in its wait: its subscription to the job's channel shows it.
-        wait_until(lambda: stack.redis.pubsub_numsub(f"moderation:job:{record.job_id}:done")[0][1] >= 1,
-                   timeout=10, interval=0.02, what="the long poll to subscribe")
+        # The request is in flight, parked in its wait: it read the record twice (the 404 check, then the
+        # wait's first look; the API process's one pub/sub listener was subscribed before, at start).
+        wait_until(lambda: sum(c.startswith("HGETALL") and record.job_id in c for c in monitor.commands) >= 2,
+                   timeout=10, interval=0.02, what="the long poll to read the record and wait")
         api.process.send_signal(signal.SIGTERM)  # to the master only, as `docker stop` does
         client.join(30)
         assert not client.is_alive(), "the long poll did not return"

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 import uuid
 
 import psutil
 import pytest
-import redis
 import requests
 
 from shared import metrics as names
@@ -32,7 +30,7 @@ from shared.queues import publish_job, queue_for_model
 from tests import scrape
 from tests.celery_control import consumer_paused
 from tests.conftest import KNOWN_MULTI, MULTI_LABELS
-from tests.support import base_env, free_port, start_api, start_worker, wait_for_job, wait_until
+from tests.support import RedisMonitor, base_env, free_port, start_api, start_worker, wait_for_job, wait_until
 from tests.tiny_models import build_tiny_model
 from worker.redelivery import UNACKED_HASH
 
@@ -165,39 +163,6 @@ def test_result_ttl_expires_an_unfinished_record(stack):
     wait_until(lambda: requests.get(url, timeout=5).status_code == 404, timeout=SHORT_TTL + 15,
                what=f"the record to expire (RESULT_TTL={SHORT_TTL})")
     assert requests.get(url, timeout=5).json()["error"]["code"] == "not_found"
-
-
-class RedisMonitor:
-    """Redis MONITOR in a thread: every command the server runs while it is active."""
-
-    STOP = "redis-monitor-stop"
-
-    def __init__(self, url: str):
-        self.url = url
-        self.client = redis.Redis.from_url(url, decode_responses=True)
-        self.commands: list[str] = []
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        # No socket timeout: redis-py drops the connection (and the MONITOR) on a read timeout.
-        with self.client.monitor() as monitor:
-            self.ready.set()
-            while True:
-                command = monitor.next_command()["command"]
-                if self.STOP in command:
-                    return
-                self.commands.append(command)
-
-    def __enter__(self):
-        self.thread.start()
-        assert self.ready.wait(10), "MONITOR did not start"
-        return self
-
-    def __exit__(self, *exc):
-        redis.Redis.from_url(self.url).echo(self.STOP)
-        self.thread.join(10)
-        assert not self.thread.is_alive(), "MONITOR thread did not stop"
 
 
 def test_a_failed_publish_removes_the_record_it_wrote_and_answers_503(stack, redis_server):

@@ -7,7 +7,7 @@ MODEL_DIR := build/moderation-minilm
 REDIS_URL ?= redis://127.0.0.1:6379/0
 export REDIS_URL
 
-.PHONY: run test venv model redis worker api bench lint clean
+.PHONY: run test venv model eval-model redis worker api bench lint clean
 
 $(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker.txt requirements/run.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -25,6 +25,12 @@ venv: $(VENV)/.installed-run
 # Assemble the bundled model from model/artifact + the pip-installed MiniLM; prints its path last.
 model: venv
 	@$(PY) -m model.build
+
+# Evaluate the bundled model on the held-out split and the functional suite (model/functional_suite.tsv);
+# prints the report and writes model/artifact/eval-report.{md,json}, which the model card summarises.
+DATASETS_DIR ?= ../shared/datasets
+eval-model: $(VENV)/.installed-dev
+	$(PY) -m model.eval_report $(DATASETS_DIR)
 
 redis: venv
 	$(PY) -m scripts.redis_server run $(REDIS_URL)

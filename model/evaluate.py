@@ -104,5 +104,20 @@ def per_source_metrics(examples, scores, thresholds):
     return report
 
 
+def harm_metrics(examples, scores):
+    """ROC AUC of the highest label score against "is this text harmful at all", over the
+    examples whose source says so, overall and per source (cf. moderation-taxonomy test sets)."""
+    rows = [i for i, e in enumerate(examples) if e.harmful in (0, 1)]
+    report = {}
+    for source in [None] + sorted({examples[i].source for i in rows}):
+        subset = [i for i in rows if source is None or examples[i].source == source]
+        y_true = np.array([examples[i].harmful for i in subset])
+        if 0 < y_true.sum() < len(y_true):
+            report[source or "all"] = {
+                "roc_auc": round(float(roc_auc_score(y_true, scores[subset].max(axis=1))), 4),
+                "harmful": int(y_true.sum()), "harmless": int(len(y_true) - y_true.sum())}
+    return report
+
+
 def flagged_labels(score_row, thresholds):
     return [label for j, label in enumerate(LABELS) if score_row[j] >= thresholds[label]]

@@ -21,8 +21,8 @@ def test_training_smoke_run_writes_weights_and_metrics(tmp_path):
     for name in ("weights.safetensors", "model.json", "metrics.json", "SHA256SUMS"):
         assert (tmp_path / name).is_file(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["thresholds"]) == {"hate", "harassment", "violence"}
-    for report in ("fp16", "int8_dynamic_quantized"):
-        assert set(metrics[report]["test"]) == {"hate", "harassment", "violence"}
-        assert metrics[report]["required_checks"]["total"] == 5
+    labels = {"hate", "harassment", "violence", "self-harm", "sexual"}
+    assert set(metrics["thresholds"]) == labels
+    assert set(metrics["fp16"]["test"]) == labels
+    assert metrics["fp16"]["required_checks"]["total"] == 5
     assert metrics["training"]["steps"] == 2

@@ -79,11 +79,24 @@ def build(artifact_dir=ARTIFACT_DIR, output_dir=DEFAULT_OUTPUT_DIR, force=False)
     classifier_config(model_info["thresholds"]).save_pretrained(output_dir)
     for name in TOKENIZER_FILES:
         shutil.copyfile(os.path.join(BASE_MODEL_DIR, name), os.path.join(output_dir, name))
+    write_trained_length(output_dir, model_info["max_length"])
     with open(os.path.join(output_dir, "README.md"), "w") as f:
         f.write(render_model_card(model_info, metrics, eval_report))
     with open(stamp_path, "w") as f:
         f.write(fingerprint + "\n")
     return output_dir
+
+
+def write_trained_length(output_dir, max_length):
+    """Serve at the length the model was trained for: the package's tokenizer says 512, training used
+    model_info["max_length"] (64). The worker truncates at tokenizer_config's model_max_length."""
+    path = os.path.join(output_dir, "tokenizer_config.json")
+    with open(path) as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config["model_max_length"] = max_length
+    with open(path, "w") as f:
+        json.dump(tokenizer_config, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def write_checksums(artifact_dir, built_dir):

@@ -21,6 +21,26 @@ def _metrics_table(report):
     return "\n".join(rows)
 
 
+def _engines_section(metrics):
+    """Held-out ROC AUC per label as the worker runs the model (`python -m model.evaluate --record`)."""
+    engines = metrics.get("engines")
+    if not engines:
+        return ("Not recorded for these weights yet: run `python -m model.evaluate --record`.")
+    names = list(engines)
+    labels = list(next(iter(engines.values()))["test"])
+    rows = ["| label | " + " | ".join(f"{name} ROC AUC" for name in names) + " | difference |",
+            "|---|" + "---|" * (len(names) + 1)]
+    for label in labels:
+        aucs = [engines[name]["test"][label].get("roc_auc") for name in names]
+        known = [a for a in aucs if a is not None]
+        spread = f"{max(known) - min(known):.4f}" if len(known) == len(aucs) else "-"
+        rows.append(f"| {label} | " + " | ".join("-" if a is None else str(a) for a in aucs) + f" | {spread} |")
+    max_length = next(iter(engines.values()))["max_length"]
+    return (f"Test split, {max_length}-token inputs, scored by the worker's own code "
+            f"(`worker/inference.py`); `onnx-int8` is what the worker runs on CPU by default.\n\n"
+            + "\n".join(rows))
+
+
 def _suite_section(report):
     """The functional suite and engine-parity summary from eval-report.json, when present."""
     if not report:
@@ -122,6 +142,10 @@ are the package's. The artifact stores the trained weights in fp16.
 With `QUANTIZE=int8` (torch `quantize_dynamic`, Linear layers, qint8):
 
 {int8_table}
+
+## As served: engines
+
+{_engines_section(metrics)}
 
 Self-harm, sexual and violence test positives are few (AILuminate prompts, Toxic Spans
 threats and project sentences): treat those rows as indicative. Required checks passed:

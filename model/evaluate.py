@@ -1,11 +1,19 @@
-"""Scoring, threshold choice and held-out metrics, shared by training and reporting."""
+"""Scoring, threshold choice and held-out metrics, shared by training and reporting.
+
+    python -m model.evaluate --engine onnx --quantize int8   # test-split metrics as the worker serves
+    python -m model.evaluate --record    # torch fp32 and onnx int8 into artifact/metrics.json + card
+"""
+
+import argparse
+import json
+import os
 
 import numpy as np
 import torch
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from model.data import LABELS, bucket_weights
-from model.modeling import MAX_LENGTH
+from model.data import LABELS, bucket_weights, load_splits
+from model.modeling import ARTIFACT_DIR, MAX_LENGTH
 
 
 @torch.no_grad()
@@ -121,3 +129,75 @@ def harm_metrics(examples, scores):
 
 def flagged_labels(score_row, thresholds):
     return [label for j, label in enumerate(LABELS) if score_row[j] >= thresholds[label]]
+
+
+# --- Held-out metrics of the built model as a serving engine runs it --------------------------
+
+DEFAULT_DATASETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                                    "datasets")
+# What metrics.json["engines"] records: the fp32 reference and the CPU default (ONNX Runtime int8).
+RECORDED_ENGINES = (("torch", "none"), ("onnx", "int8"))
+
+
+def engine_name(engine, quantize):
+    return f"{engine}-{'fp32' if quantize == 'none' else quantize}"
+
+
+def evaluate_engine(model_path, examples, engine, quantize, threads=0):
+    """Per-label test metrics (no error examples) of the model folder run by worker/inference.py's
+    TextClassifier with this engine and quantisation on CPU: exactly what the worker serves."""
+    from worker.inference import TextClassifier
+
+    classifier = TextClassifier(model_path, device="cpu", quantize=quantize, threads=threads, engine=engine)
+    if [classifier.config.id2label[i] for i in range(len(LABELS))] != list(LABELS):
+        raise ValueError(f"{model_path} labels {classifier.config.id2label} are not {LABELS}")
+    scores = np.array(classifier.score_many([e.text for e in examples], 64, 64 * 64))
+    report = label_metrics(examples, scores, dict(classifier.config.thresholds), n_examples=0)
+    return {"engine": classifier.engine, "precision": classifier.precision, "max_length": classifier.max_length,
+            "test": {label: {k: v for k, v in entry.items() if k not in ("false_positives", "false_negatives")}
+                     for label, entry in report.items()}}
+
+
+def record_engines(model_path, datasets_dir, metrics_path, engines=RECORDED_ENGINES, threads=0):
+    """Evaluate each (engine, quantize) on the test split and store them in metrics.json["engines"]."""
+    test = load_splits(datasets_dir)["test"]
+    results = {engine_name(*pair): evaluate_engine(model_path, test, *pair, threads=threads) for pair in engines}
+    with open(metrics_path) as f:
+        metrics = json.load(f)
+    metrics["engines"] = results
+    with open(metrics_path, "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    return results
+
+
+def main(argv=None):
+    from model.build import DEFAULT_OUTPUT_DIR, build
+
+    parser = argparse.ArgumentParser(description="Held-out per-label metrics of the built model as the worker "
+                                     "runs it (python -m model.evaluate --engine onnx --quantize int8).")
+    parser.add_argument("--datasets", default=DEFAULT_DATASETS_DIR, help="the shared datasets folder")
+    parser.add_argument("--model", default="", help="model folder (default: build the bundled model)")
+    parser.add_argument("--engine", choices=("torch", "onnx"), default="onnx")
+    parser.add_argument("--quantize", choices=("int8", "none"), default="int8")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--record", action="store_true",
+                        help=f"evaluate {', '.join(engine_name(*p) for p in RECORDED_ENGINES)} and store them "
+                        "in model/artifact/metrics.json (then the model card shows them)")
+    args = parser.parse_args(argv)
+    model_path = args.model or build(ARTIFACT_DIR, DEFAULT_OUTPUT_DIR)
+    if args.record:
+        results = record_engines(model_path, args.datasets, os.path.join(ARTIFACT_DIR, "metrics.json"),
+                                 threads=args.threads)
+        build(ARTIFACT_DIR, DEFAULT_OUTPUT_DIR)  # re-render the model card with the new figures
+    else:
+        test = load_splits(args.datasets)["test"]
+        results = {engine_name(args.engine, args.quantize):
+                   evaluate_engine(model_path, test, args.engine, args.quantize, args.threads)}
+    for name, result in results.items():
+        aucs = ", ".join(f"{label} {entry.get('roc_auc', '-')}" for label, entry in result["test"].items())
+        print(f"{name} ({result['engine']} {result['precision']}, {result['max_length']} tokens): ROC AUC {aucs}")
+
+
+if __name__ == "__main__":
+    main()

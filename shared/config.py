@@ -14,6 +14,10 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Where `make model` assembles the bundled model (git-ignored).
 BUNDLED_MODEL_PATH = PROJECT_ROOT / "build" / "moderation-minilm"
+# Where the worker keeps models it exported to ONNX (git-ignored; ENGINE_CACHE_DIR overrides).
+DEFAULT_ENGINE_CACHE_DIR = str(PROJECT_ROOT / "var" / "engine-cache")
+ENGINES = ("auto", "torch", "onnx")
+QUANTIZE_MODES = ("", "int8", "none")  # "": int8 on CPU, fp16 on CUDA
 # Per API key (or client IP) over all limited endpoints; RATE_LIMITER=off disables it. See README.
 DEFAULT_RATE_LIMITER = "3000/minute"
 DEFAULT_SAFE_LABELS = "ok,safe,neutral,non-toxic,non_toxic,not_toxic,nontoxic,neither,normal,clean,none"
@@ -129,7 +133,9 @@ class Settings:
     batch_max_wait_ms: float = 5.0
     cache_ttl: int = 3600
     device: str = ""
-    quantize: str = ""
+    engine: str = "auto"
+    engine_cache_dir: str = DEFAULT_ENGINE_CACHE_DIR
+    quantize: str = ""  # "", "int8" or "none"; "" is int8 on CPU (worker/inference.py)
     torch_threads: int = 0
     worker_processes: int = 1
     worker_concurrency: int = 1
@@ -152,8 +158,11 @@ def load_settings(environ: dict | None = None) -> Settings:
     if unknown:
         raise ConfigError(f"WORKER_MODELS names unknown model(s): {', '.join(unknown)}")
     quantize = env.get("QUANTIZE", "").strip().lower()
-    if quantize not in ("", "int8"):
-        raise ConfigError(f"QUANTIZE must be empty or int8, got {quantize!r}")
+    if quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"QUANTIZE must be int8 or none, got {quantize!r}")
+    engine = env.get("ENGINE", "").strip().lower() or "auto"
+    if engine not in ENGINES:
+        raise ConfigError(f"ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
     redis_url = env.get("REDIS_URL", "").strip() or Settings.redis_url
     return Settings(
         redis_url=redis_url,
@@ -180,6 +189,8 @@ def load_settings(environ: dict | None = None) -> Settings:
         batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 5.0),
         cache_ttl=_int(env, "CACHE_TTL", 3600),
         device=env.get("DEVICE", "").strip().lower(),
+        engine=engine,
+        engine_cache_dir=env.get("ENGINE_CACHE_DIR", "").strip() or DEFAULT_ENGINE_CACHE_DIR,
         quantize=quantize,
         torch_threads=_int(env, "TORCH_THREADS", 0),
         worker_processes=_int(env, "WORKER_PROCESSES", 1, 1),

@@ -32,3 +32,23 @@ def build_tiny_model(path: Path, labels: list[str], multi_label: bool, threshold
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_tiny_fnet_model(path: Path, labels: list[str], seed: int = 0) -> Path:
+    """A tiny FNet classifier: a real architecture whose Fourier mixing (aten::fft_fftn) ONNX cannot export."""
+    import torch
+    from transformers import BertTokenizerFast, FNetConfig, FNetForSequenceClassification
+
+    path.mkdir(parents=True, exist_ok=True)
+    build_tiny_model(path, labels, multi_label=True, seed=seed)  # for its vocabulary and tokenizer files
+    tokenizer = BertTokenizerFast.from_pretrained(path)
+    torch.manual_seed(seed)
+    config = FNetConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, intermediate_size=32,
+        max_position_embeddings=64, id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, problem_type="multi_label_classification",
+    )
+    for stale in path.glob("*.safetensors"):
+        stale.unlink()
+    FNetForSequenceClassification(config).save_pretrained(path)
+    return path

@@ -1,4 +1,9 @@
-"""Model loading and batched scoring. The only module that imports torch and transformers."""
+"""Tokenising, batching into forward passes and probabilities; the model runs in worker/engines/.
+
+TextClassifier is what the rest of the worker (and bench/, model/evaluate.py) uses. It tokenises
+each text once, plans length-sorted passes from those token ids, pads each pass and hands it to
+a backend: ONNX Runtime (default on CPU) or PyTorch (GPU, and fallback).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,12 @@ from dataclasses import dataclass
 # spinning torch threads starved them (2 threads on 2 busy cores: 22 texts/s spinning, 54 passive).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402  (after OMP_WAIT_POLICY, which OpenMP reads once)
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import numpy as np  # noqa: E402
+from transformers import AutoConfig, AutoTokenizer  # noqa: E402
 
-from worker.batching import plan_forward_passes
+from shared.config import DEFAULT_ENGINE_CACHE_DIR  # noqa: E402
+from worker.batching import plan_forward_passes  # noqa: E402
+from worker.engines import ENGINES, QUANTIZE_MODES, Backend  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,22 @@ def cpu_quota() -> int:
 def pick_device(requested: str) -> str:
     if requested:
         return requested
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_engine(engine: str, device: str) -> str:
+    """auto: ONNX Runtime on CPU (2-5x torch fp32 there), torch on CUDA (fp16)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        return "onnx" if device == "cpu" else "torch"
+    return engine
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 @dataclass
@@ -50,32 +72,48 @@ class PassStats:
 
 
 class TextClassifier:
-    """A sequence-classification model ready for inference: eval mode, no autograd, one device."""
+    """A sequence-classification model folder ready for inference.
 
-    def __init__(self, path: str, device: str = "", quantize: str = "", threads: int = 0):
+    TextClassifier(path, device="", quantize="", threads=0, engine="auto", cache_dir="")
+
+    - device: "cpu", "cuda", "cuda:N"; "" picks CUDA when available.
+    - quantize: "int8" or "none"; "" means int8 on CPU. On CUDA torch always runs fp16.
+    - threads: intra-op threads on CPU; 0 means the CPU quota of this process.
+    - engine: "onnx" (ONNX Runtime, CPU only), "torch", or "auto" (onnx on CPU, torch on CUDA).
+      If ONNX export fails, one warning is logged and torch runs instead; `.engine` says which runs.
+    - cache_dir: where exported ONNX files are kept (ENGINE_CACHE_DIR); "" is var/engine-cache.
+
+    Texts are truncated to the length the model was trained for: the tokenizer's
+    model_max_length (model/build.py writes it), capped by the position embeddings.
+    """
+
+    def __init__(self, path: str, device: str = "", quantize: str = "", threads: int = 0,
+                 engine: str = "auto", cache_dir: str = ""):
         started = time.perf_counter()
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be int8 or none, got {quantize!r}")
         self.device = pick_device(device)
-        if self.device == "cpu":
-            torch.set_num_threads(threads or cpu_quota())
+        requested = pick_engine(engine, self.device)
+        if requested == "onnx" and self.device != "cpu":
+            log.warning("ENGINE=onnx runs on CPU only (onnxruntime CPU build); ignoring device %s", self.device)
+            self.device = "cpu"
+        quantize = quantize or ("int8" if self.device == "cpu" else "none")
+        threads = threads or cpu_quota()
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
             raise ModelLoadError(f"cannot load a text-classification model from {path!r}: "
                                  "the folder has no config.json")
         try:
+            self.config = AutoConfig.from_pretrained(path, local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
         except Exception as exc:  # transformers raises OSError, ValueError, ImportError, KeyError...
-            detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise ModelLoadError(f"cannot load a text-classification model from {path!r}: {detail}") from exc
-        model.eval()
-        if self.device.startswith("cuda"):
-            model = model.half()  # fp16 on GPU: ~2x throughput, scores match fp32 to ~1e-3
-        elif quantize == "int8":
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        self.model = model.to(self.device)
-        self.config = model.config
-        self.multi_label = model.config.problem_type == "multi_label_classification"
-        limits = [self.tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 512)]
+            raise ModelLoadError(f"cannot load a text-classification model from {path!r}: "
+                                 f"{_first_line(exc)}") from exc
+        self.backend = self._load_backend(path, requested, quantize, threads, cache_dir or DEFAULT_ENGINE_CACHE_DIR)
+        self.engine, self.precision = self.backend.name, self.backend.precision
+        self.multi_label = self.config.problem_type == "multi_label_classification"
+        limits = [self.tokenizer.model_max_length, getattr(self.config, "max_position_embeddings", 512)]
         self.max_length = min(limit for limit in limits if limit and limit > 0)
+        self._pad_values = {"input_ids": self.tokenizer.pad_token_id or 0}
         # HF fast tokenizers are not safe to share between threads ("Already borrowed") when
         # WORKER_CONCURRENCY > 1 runs batches side by side.
         self._tokenizer_lock = threading.Lock()
@@ -86,29 +124,77 @@ class TextClassifier:
         self.token_budget = 512 if self.device == "cpu" else 32768
         self.load_seconds = time.perf_counter() - started
 
-    def token_lengths(self, texts: list[str]) -> list[int]:
+    def _load_backend(self, path: str, engine: str, quantize: str, threads: int, cache_dir: str) -> Backend:
+        candidates = tuple(self.tokenizer.model_input_names)
+        if engine == "onnx":
+            from worker.engines.onnx_backend import OnnxBackend
+            try:
+                return OnnxBackend(path, self.tokenizer, quantize, threads, cache_dir, candidates)
+            except Exception as exc:  # an operator ONNX lacks, an unwritable cache, a protobuf limit...
+                log.warning("ONNX export of %s failed, running it with torch instead: %s: %s",
+                            path, type(exc).__name__, _first_line(exc)[:300])
+        from worker.engines.torch_backend import TorchBackend
+        try:
+            return TorchBackend(path, self.device, quantize, threads, candidates)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load a text-classification model from {path!r}: "
+                                 f"{_first_line(exc)}") from exc
+
+    def describe(self) -> str:
+        return f"{self.engine} {self.precision} on {self.device}, max {self.max_length} tokens"
+
+    def encode(self, texts: list[str]) -> dict[str, list[list[int]]]:
+        """Token ids (and masks) per text, truncated to max_length, unpadded: tokenised once."""
         with self._tokenizer_lock:
             encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        return [len(ids) for ids in encoded["input_ids"]]
+        return {name: encoded[name] for name in self.backend.input_names if name in encoded}
 
-    @torch.inference_mode()
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.encode(texts)["input_ids"]]
+
+    def _pad(self, encoded: dict[str, list[list[int]]], group: list[int]) -> dict[str, np.ndarray]:
+        """One pass's int64 arrays, padded to its longest text on the tokenizer's side."""
+        width = max(len(encoded["input_ids"][i]) for i in group)
+        left = self.tokenizer.padding_side == "left"
+        batch = {}
+        for name in self.backend.input_names:
+            array = np.full((len(group), width), self._pad_values.get(name, 0), dtype=np.int64)
+            rows = encoded.get(name)
+            if rows is not None:
+                for row, index in enumerate(group):
+                    ids = rows[index]
+                    if left:
+                        array[row, width - len(ids):] = ids
+                    else:
+                        array[row, :len(ids)] = ids
+            batch[name] = array
+        return batch
+
+    def _probabilities(self, logits: np.ndarray) -> list[list[float]]:
+        """Per-label probabilities: sigmoid if multi-label, else softmax."""
+        logits = logits.astype(np.float64)
+        if self.multi_label:
+            probs = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probs = shifted / shifted.sum(axis=-1, keepdims=True)
+        return probs.tolist()
+
     def scores(self, texts: list[str]) -> list[list[float]]:
-        """Per-label probabilities for one forward pass (sigmoid if multi-label, else softmax)."""
-        with self._tokenizer_lock:
-            batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt").to(self.device)
-        logits = self.model(**batch).logits.float()
-        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-        return probs.cpu().tolist()
+        """Per-label probabilities for one forward pass over all texts."""
+        encoded = self.encode(texts)
+        return self._probabilities(self.backend.logits(self._pad(encoded, list(range(len(texts))))))
 
     def score_many(self, texts: list[str], max_texts: int, max_tokens: int,
                    on_pass=None) -> list[list[float]]:
         """Scores for any number of texts, length-sorted into forward passes; input order kept."""
-        lengths = self.token_lengths(texts)
+        encoded = self.encode(texts)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
         out: list[list[float] | None] = [None] * len(texts)
         for group in plan_forward_passes(lengths, max_texts, max_tokens):
             started = time.perf_counter()
-            for index, row in zip(group, self.scores([texts[i] for i in group])):
+            rows = self._probabilities(self.backend.logits(self._pad(encoded, group)))
+            for index, row in zip(group, rows):
                 out[index] = row
             if on_pass is not None:
                 longest = max(lengths[i] for i in group)

@@ -25,5 +25,6 @@ TEXTS_PROCESSED = Counter(names.TEXTS_PROCESSED_TOTAL,
 CACHE_HITS = Counter(names.CACHE_HITS_TOTAL,
                      "Texts answered from the result cache.", ["model"])
 MODEL_LOAD = Gauge(names.MODEL_LOAD_SECONDS, "Seconds the model took to load.", ["model"])
-WORKER_INFO = Gauge(names.WORKER_INFO, "Always 1: which model this worker serves, on what device.",
-                    ["model", "device", "version"])
+WORKER_INFO = Gauge(names.WORKER_INFO,
+                    "Always 1: which model this worker serves, on what device, with which engine.",
+                    ["model", "device", "version", "engine"])

@@ -53,13 +53,14 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
         path = settings.models[name]
         # Worker processes on one host share its CPU quota; each takes its part for torch's threads.
         threads = settings.torch_threads or max(1, cpu_quota() // settings.worker_processes)
-        classifier = TextClassifier(path, settings.device, settings.quantize, threads)
+        classifier = TextClassifier(path, settings.device, settings.quantize, threads, settings.engine,
+                                    settings.engine_cache_dir)
         spec = build_spec(name, path, classifier.config.to_dict(), settings)
         served[name] = ServedModel(spec, classifier, ScoreCache(client, _fingerprint(name, classifier),
                                                                 settings.cache_ttl))
         metrics.MODEL_LOAD.labels(name).set(classifier.load_seconds)
-        metrics.WORKER_INFO.labels(name, classifier.device, __version__).set(1)
-        log.info("loaded model %s from %s on %s in %.1fs (labels: %s)", name, path, classifier.device,
+        metrics.WORKER_INFO.labels(name, classifier.device, __version__, classifier.engine).set(1)
+        log.info("loaded model %s from %s (%s) in %.1fs (labels: %s)", name, path, classifier.describe(),
                  classifier.load_seconds, ", ".join(spec.labels))
     _runtime = WorkerRuntime(settings, JobStore(client, settings.result_ttl), served)
     return _runtime

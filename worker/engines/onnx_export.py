@@ -1,0 +1,107 @@
+"""Export a Hugging Face sequence classifier to ONNX (optionally int8), cached by content hash.
+
+The cache file is named by a hash of every file in the model folder, the quantisation mode and
+the export recipe (EXPORT_RECIPE, torch and onnxruntime versions), so a changed model or recipe
+gets a new file and an unchanged one is reused on the next start. Files are written to a temp
+name in the cache folder and renamed into place: two workers starting at once both export, and
+the last rename wins with an identical, complete file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Bump when the export or quantisation steps change, so old cache files are not reused.
+EXPORT_RECIPE = "torchscript-opset17-v2"
+OPSET = 17
+EXPORT_SAMPLE = ("a short text", "a somewhat longer text, so the sample batch needs padding")
+
+
+def folder_hash(path: str) -> str:
+    """sha256 over every regular file under path (relative name and bytes), hidden files skipped."""
+    digest = hashlib.sha256()
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def cache_key(path: str, quantize: str) -> str:
+    import onnxruntime
+    import torch
+
+    recipe = f"{EXPORT_RECIPE}|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}|{quantize}"
+    return hashlib.sha256(f"{folder_hash(path)}|{recipe}".encode()).hexdigest()[:32]
+
+
+def cached_onnx_path(path: str, quantize: str, cache_dir: str) -> Path:
+    return Path(cache_dir) / f"{cache_key(path, quantize)}-{quantize}.onnx"
+
+
+def export_onnx(path: str, tokenizer, output: Path, candidate_inputs) -> None:
+    """torch.onnx's TorchScript exporter: offline, no extra packages, seconds for MiniLM."""
+    import torch
+
+    from worker.engines.torch_backend import accepted_inputs, load_hf_model
+
+    model = load_hf_model(path, attn_implementation="eager")  # plain matmuls trace on every architecture
+    names = accepted_inputs(model, candidate_inputs)
+
+    class Logits(torch.nn.Module):
+        """Takes exactly `names`, positionally: the exporter binds inputs by position, not name."""
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            return self.model(**dict(zip(names, tensors))).logits
+
+    sample = tokenizer(list(EXPORT_SAMPLE), padding=True, return_tensors="pt")
+    args = tuple(sample[name] if name in sample else torch.zeros_like(sample["input_ids"]) for name in names)
+    axes = {name: {0: "texts", 1: "tokens"} for name in names} | {"logits": {0: "texts"}}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(Logits().eval(), args, str(output), input_names=list(names), output_names=["logits"],
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+
+
+def quantize_int8(source: Path, output: Path) -> None:
+    """Dynamic int8 weights for MatMul/Gemm; activations quantised per pass at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.INFO)  # quantize_dynamic logs a line per tensor on the root logger
+    try:
+        quantize_dynamic(source, output, weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def build_onnx(path: str, tokenizer, quantize: str, cache_dir: str, candidate_inputs) -> tuple[Path, bool]:
+    """The cached ONNX file for this model folder; (file, True) when it was already there."""
+    target = cached_onnx_path(path, quantize, cache_dir)
+    if target.is_file():
+        return target, True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as work:
+        exported = Path(work) / "model.onnx"
+        export_onnx(path, tokenizer, exported, candidate_inputs)
+        if quantize == "int8":
+            quantized = Path(work) / "model-int8.onnx"
+            quantize_int8(exported, quantized)
+            exported = quantized
+        os.chmod(exported, 0o644)
+        os.replace(exported, target)  # atomic: readers see no file or a whole one
+    return target, False

@@ -45,16 +45,21 @@ def _suite_section(report):
     """The functional suite and engine-parity summary from eval-report.json, when present."""
     if not report:
         return "Run `make eval-model` for the functional-suite report (model/artifact/eval-report.md)."
-    suite = report["functional_suite"]
+    served = report["engines"][report["default_engine"]]
+    suite = served["functional_suite"]
     groups = "\n".join(f"| {name} | {g['cases']} | {g['accuracy']} |"
                        for name, g in suite["by_functionality"].items())
     failures = "\n".join(f"- [{f['functionality']}] \"{f['text']}\" (expected "
                           f"{', '.join(f['expected']) or 'none'}, flagged {', '.join(f['flagged']) or 'none'})"
                           for f in suite["failures"][:25]) or "- none"
-    harm = report.get("held_out_any_harm", {})
+    harm = served["held_out_any_harm"]
     harm_rows = "\n".join(f"| {source} | {e['roc_auc']} | {e['harmful']} / {e['harmless']} |"
                            for source, e in harm.items())
-    return f"""Engine: {report['engine']}. {suite['cases']} written cases (`model/functional_suite.tsv`,
+    gaps = [v for v in report["parity"]["max_roc_auc_difference"].values() if v is not None]
+    return f"""As served (`{report['default_engine']}`; `make eval-model`, model/artifact/eval-report.md has
+every engine). Engines agree on flagged verdicts for {report['parity']['verdict_agreement']:.2%} of
+held-out and suite texts; largest per-label ROC AUC gap {max(gaps)} (tolerance
+{report['parity']['tolerance']}). {suite['cases']} written cases (`model/functional_suite.tsv`,
 never trained on): accuracy **{suite['accuracy']}**, harmful cases caught {suite['harmful_cases_caught']},
 harmless cases cleared {suite['harmless_cases_cleared']}, lowest trap group {suite['trap_group_min']}
 (targets: {suite['targets']['overall']} overall, {suite['targets']['trap_group_min']} per trap group).

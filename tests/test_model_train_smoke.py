@@ -16,7 +16,7 @@ def test_training_smoke_run_writes_weights_and_metrics(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "model.train", DATASETS_DIR, "--limit", "48", "--epochs", "1",
          "--max-steps", "2", "--output", str(tmp_path)],
-        cwd=PROJECT_ROOT, check=True, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT, check=True, capture_output=True, text=True, timeout=600,
     )
     for name in ("weights.safetensors", "model.json", "metrics.json", "SHA256SUMS"):
         assert (tmp_path / name).is_file(), name

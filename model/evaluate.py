@@ -112,6 +112,21 @@ def per_source_metrics(examples, scores, thresholds):
     return report
 
 
+def harm_metrics(examples, scores):
+    """ROC AUC of the highest label score against "is this text harmful at all", over the
+    examples whose source says so, overall and per source (cf. moderation-taxonomy test sets)."""
+    rows = [i for i, e in enumerate(examples) if e.harmful in (0, 1)]
+    report = {}
+    for source in [None] + sorted({examples[i].source for i in rows}):
+        subset = [i for i in rows if source is None or examples[i].source == source]
+        y_true = np.array([examples[i].harmful for i in subset])
+        if 0 < y_true.sum() < len(y_true):
+            report[source or "all"] = {
+                "roc_auc": round(float(roc_auc_score(y_true, scores[subset].max(axis=1))), 4),
+                "harmful": int(y_true.sum()), "harmless": int(len(y_true) - y_true.sum())}
+    return report
+
+
 def flagged_labels(score_row, thresholds):
     return [label for j, label in enumerate(LABELS) if score_row[j] >= thresholds[label]]
 
@@ -128,31 +143,50 @@ def engine_name(engine, quantize):
     return f"{engine}-{'fp32' if quantize == 'none' else quantize}"
 
 
-def evaluate_engine(model_path, examples, engine, quantize, threads=0):
-    """Per-label test metrics (no error examples) of the model folder run by worker/inference.py's
-    TextClassifier with this engine and quantisation on CPU: exactly what the worker serves."""
+def load_engine(model_path, engine, quantize, threads=0):
+    """The model folder as worker/inference.py's TextClassifier runs it on CPU with this engine."""
     from worker.inference import TextClassifier
 
     classifier = TextClassifier(model_path, device="cpu", quantize=quantize, threads=threads, engine=engine)
     if [classifier.config.id2label[i] for i in range(len(LABELS))] != list(LABELS):
         raise ValueError(f"{model_path} labels {classifier.config.id2label} are not {LABELS}")
-    scores = np.array(classifier.score_many([e.text for e in examples], 64, 64 * 64))
+    return classifier
+
+
+def engine_scores(classifier, texts):
+    return np.array(classifier.score_many(list(texts), 64, 64 * 64)).reshape(-1, len(LABELS))
+
+
+def engine_report(classifier, examples, scores):
+    """Per-label test metrics (no error examples) of one engine's scores."""
     report = label_metrics(examples, scores, dict(classifier.config.thresholds), n_examples=0)
     return {"engine": classifier.engine, "precision": classifier.precision, "max_length": classifier.max_length,
             "test": {label: {k: v for k, v in entry.items() if k not in ("false_positives", "false_negatives")}
                      for label, entry in report.items()}}
 
 
-def record_engines(model_path, datasets_dir, metrics_path, engines=RECORDED_ENGINES, threads=0):
-    """Evaluate each (engine, quantize) on the test split and store them in metrics.json["engines"]."""
-    test = load_splits(datasets_dir)["test"]
-    results = {engine_name(*pair): evaluate_engine(model_path, test, *pair, threads=threads) for pair in engines}
+def evaluate_engine(model_path, examples, engine, quantize, threads=0):
+    """Per-label test metrics of the model folder run by worker/inference.py's TextClassifier with
+    this engine and quantisation on CPU: exactly what the worker serves."""
+    classifier = load_engine(model_path, engine, quantize, threads)
+    return engine_report(classifier, examples, engine_scores(classifier, [e.text for e in examples]))
+
+
+def store_engines(metrics_path, results):
+    """Put per-engine test metrics into metrics.json["engines"] (the model card shows them)."""
     with open(metrics_path) as f:
         metrics = json.load(f)
     metrics["engines"] = results
     with open(metrics_path, "w") as f:
         json.dump(metrics, f, indent=2)
         f.write("\n")
+
+
+def record_engines(model_path, datasets_dir, metrics_path, engines=RECORDED_ENGINES, threads=0):
+    """Evaluate each (engine, quantize) on the test split and store them in metrics.json["engines"]."""
+    test = load_splits(datasets_dir)["test"]
+    results = {engine_name(*pair): evaluate_engine(model_path, test, *pair, threads=threads) for pair in engines}
+    store_engines(metrics_path, results)
     return results
 
 

@@ -27,7 +27,13 @@ from transformers import AutoTokenizer
 from model import build
 from model.checks import HARD_CASES, REQUIRED_CHECKS, run_checks
 from model.data import BUCKET_SHARES, LABELS, bucket_weights, load_splits
-from model.evaluate import choose_thresholds, label_metrics, per_source_metrics, predict_scores
+from model.evaluate import (
+    choose_thresholds,
+    harm_metrics,
+    label_metrics,
+    per_source_metrics,
+    predict_scores,
+)
 from model.modeling import (
     ARTIFACT_DIR,
     BASE_MODEL_DIR,
@@ -44,14 +50,16 @@ def parse_args(argv=None):
     parser.add_argument("datasets_dir", help="the shared datasets folder (../shared/datasets)")
     parser.add_argument("--output", help="artifact folder (default: model/artifact, "
                         "or a new temp folder with --limit)")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--epoch-size", type=int, default=10000, help="examples drawn per epoch")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epoch-size", type=int, default=6400, help="examples drawn per epoch")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=8e-5)
+    parser.add_argument("--lr", type=float, default=1.5e-4)
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     parser.add_argument("--limit", type=int, help="use only N examples per split (smoke runs)")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--int8", action="store_true",
+                        help="also measure torch's dynamically quantised int8 model (a second full pass)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="skip training: re-choose thresholds and recompute metrics for the weights "
                         "already in the output folder (after changing evaluation code), keeping the "
@@ -73,6 +81,42 @@ def masked_bce(logits, targets, mask):
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
+@torch.no_grad()
+def lower_hidden_states(model, tokenizer, texts, batch_size=64):
+    """What the frozen embeddings and layers below FIRST_TRAINED_LAYER output for each text,
+    trimmed to its own length and stored as fp16: computed once, reused every epoch."""
+    bert = model.bert
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    states = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        encoded = tokenizer([texts[i] for i in batch], padding=True, truncation=True,
+                            max_length=MAX_LENGTH, return_tensors="pt")
+        hidden = bert.embeddings(input_ids=encoded["input_ids"], token_type_ids=encoded["token_type_ids"])
+        mask = bert.get_extended_attention_mask(encoded["attention_mask"], encoded["input_ids"].shape)
+        for layer in bert.encoder.layer[:FIRST_TRAINED_LAYER]:
+            hidden = layer(hidden, attention_mask=mask)[0]
+        for row, i in enumerate(batch):
+            length = int(encoded["attention_mask"][row].sum())
+            states[i] = hidden[row, :length].to(torch.float16)
+    return states
+
+
+def top_logits(model, states):
+    """The trained part of the classifier (upper layers, pooler, head) on cached states."""
+    bert = model.bert
+    lengths = [s.shape[0] for s in states]
+    hidden = torch.zeros(len(states), max(lengths), states[0].shape[1])
+    attention = torch.zeros(len(states), max(lengths), dtype=torch.long)
+    for row, state in enumerate(states):
+        hidden[row, :lengths[row]] = state.float()
+        attention[row, :lengths[row]] = 1
+    mask = bert.get_extended_attention_mask(attention, attention.shape)
+    for layer in bert.encoder.layer[FIRST_TRAINED_LAYER:]:
+        hidden = layer(hidden, attention_mask=mask)[0]
+    return model.classifier(model.dropout(bert.pooler(hidden)))
+
+
 def train(model, tokenizer, examples, args):
     trainable = [p for n, p in model.named_parameters() if is_trained_parameter(n)]
     for name, param in model.named_parameters():
@@ -87,14 +131,18 @@ def train(model, tokenizer, examples, args):
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1))))
     weights = torch.tensor(bucket_weights(examples), dtype=torch.double)
     generator = torch.Generator().manual_seed(args.seed)
+    draws = [torch.multinomial(weights, args.batch_size, replacement=True, generator=generator).tolist()
+             for _ in range(total_steps)]
+    started = time.time()
+    drawn = sorted({i for batch in draws for i in batch})
+    cached = dict(zip(drawn, lower_hidden_states(model, tokenizer, [examples[i].text for i in drawn]),
+                      strict=True))
+    print(f"cached lower layers for {len(drawn)} examples in {time.time() - started:.0f}s", flush=True)
     model.train()
-    started, running = time.time(), []
-    for step in range(total_steps):
-        batch = [examples[i] for i in torch.multinomial(weights, args.batch_size, replacement=True,
-                                                        generator=generator).tolist()]
-        encoded = tokenizer([e.text for e in batch], padding=True, truncation=True,
-                            max_length=MAX_LENGTH, return_tensors="pt")
-        logits = model(**encoded).logits
+    running = []
+    for step, indices in enumerate(draws):
+        batch = [examples[i] for i in indices]
+        logits = top_logits(model, [cached[i] for i in indices])
         loss = masked_bce(logits, torch.tensor([e.targets for e in batch], dtype=torch.float32),
                           torch.tensor([e.mask for e in batch], dtype=torch.float32))
         loss.backward()
@@ -111,12 +159,26 @@ def train(model, tokenizer, examples, args):
     return total_steps
 
 
-def evaluate_artifact(model, tokenizer, splits, thresholds):
+@torch.no_grad()
+def cached_scores(model, states, batch_size=64):
+    """Sigmoid scores from cached lower-layer states: the same as predict_scores on the texts."""
+    model.eval()
+    order = sorted(range(len(states)), key=lambda i: states[i].shape[0])
+    scores = np.zeros((len(states), len(LABELS)), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        scores[batch] = torch.sigmoid(top_logits(model, [states[i] for i in batch])).double().numpy()
+    return scores
+
+
+def evaluate_artifact(model, tokenizer, splits, thresholds, test_scores=None):
     """Held-out test metrics and the quality checks for one (possibly quantised) model."""
-    test_scores = predict_scores(model, tokenizer, [e.text for e in splits["test"]])
+    if test_scores is None:
+        test_scores = predict_scores(model, tokenizer, [e.text for e in splits["test"]])
     return {
         "test": label_metrics(splits["test"], test_scores, thresholds),
         "test_by_source": per_source_metrics(splits["test"], test_scores, thresholds),
+        "test_any_harm": harm_metrics(splits["test"], test_scores),
         "required_checks": run_checks(model, tokenizer, thresholds, REQUIRED_CHECKS),
         "hard_cases": run_checks(model, tokenizer, thresholds, HARD_CASES),
     }
@@ -135,16 +197,24 @@ def training_record(args, command, seconds, steps):
             "bucket_shares": BUCKET_SHARES}
 
 
-def evaluate_and_save(weights, splits, tokenizer, output, record, command):
-    """Choose thresholds on val and measure on test, all with the fp16 weights the build serves."""
+def evaluate_and_save(weights, splits, tokenizer, output, record, command, int8=False):
+    """Choose thresholds on val and measure on test, all with the fp16 weights the build serves.
+
+    The frozen lower layers are shared by every model here, so val and test run through them
+    once; `int8` adds a full pass with torch's dynamically quantised model.
+    """
     served = build_classifier(weights)
-    val_scores = predict_scores(served, tokenizer, [e.text for e in splits["val"]])
-    thresholds = choose_thresholds(splits["val"], val_scores)
+    lower = {name: lower_hidden_states(served, tokenizer, [e.text for e in splits[name]])
+             for name in ("val", "test")}
+    thresholds = choose_thresholds(splits["val"], cached_scores(served, lower["val"]))
     print("thresholds", thresholds, flush=True)
-    fp16_report = evaluate_artifact(served, tokenizer, splits, thresholds)
-    int8_model = torch.ao.quantization.quantize_dynamic(
-        copy.deepcopy(served), {torch.nn.Linear}, dtype=torch.qint8)
-    int8_report = evaluate_artifact(int8_model, tokenizer, splits, thresholds)
+    fp16_report = evaluate_artifact(served, tokenizer, splits, thresholds,
+                                    test_scores=cached_scores(served, lower["test"]))
+    int8_report = None
+    if int8:
+        int8_model = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(served), {torch.nn.Linear}, dtype=torch.qint8)
+        int8_report = evaluate_artifact(int8_model, tokenizer, splits, thresholds)
 
     weights_path = os.path.join(output, "weights.safetensors")
     save_file(weights, weights_path, metadata={"format": "pt"})
@@ -160,7 +230,7 @@ def evaluate_and_save(weights, splits, tokenizer, output, record, command):
         "split_sizes": {name: len(examples) for name, examples in splits.items()},
         "thresholds": thresholds,
         "fp16": fp16_report,
-        "int8_dynamic_quantized": int8_report,
+        **({"int8_dynamic_quantized": int8_report} if int8_report else {}),
     }
     with open(os.path.join(output, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
@@ -193,7 +263,7 @@ def main(argv=None):
         steps = train(model, tokenizer, splits["train"], args)
         weights = trained_weights_fp16(model)
         record = training_record(args, command, time.time() - started, steps)
-    fp16_report = evaluate_and_save(weights, splits, tokenizer, output, record, command)
+    fp16_report = evaluate_and_save(weights, splits, tokenizer, output, record, command, int8=args.int8)
 
     summary = {label: {k: fp16_report["test"][label].get(k) for k in ("roc_auc", "f1")} for label in LABELS}
     print("test", summary)

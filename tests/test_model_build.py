@@ -9,6 +9,7 @@ import pytest
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_EXAMPLE = "martians are ruthless animals we should eradicate them all"
+FIVE_LABELS = ["hate", "harassment", "violence", "self-harm", "sexual"]
 PLAIN_SENTENCES = [
     "I love my new puppy",
     "the weather is nice today",
@@ -43,9 +44,9 @@ def test_config_is_a_standard_multi_label_classifier(built_model):
     with open(os.path.join(built_model["path"], "config.json")) as f:
         config = json.load(f)
     assert config["problem_type"] == "multi_label_classification"
-    assert config["id2label"] == {"0": "hate", "1": "harassment", "2": "violence"}
-    assert config["label2id"] == {"hate": 0, "harassment": 1, "violence": 2}
-    assert set(config["thresholds"]) == {"hate", "harassment", "violence"}
+    assert config["id2label"] == {str(i): label for i, label in enumerate(FIVE_LABELS)}
+    assert config["label2id"] == {label: i for i, label in enumerate(FIVE_LABELS)}
+    assert set(config["thresholds"]) == set(FIVE_LABELS)
     assert all(0 < value < 1 for value in config["thresholds"].values())
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Bump when the export or quantisation steps change, so old cache files are not reused.
-EXPORT_RECIPE = "torchscript-opset17-v2"
+EXPORT_RECIPE = "torchscript-opset17-v3-int8-per-channel"
 OPSET = 17
 EXPORT_SAMPLE = ("a short text", "a somewhat longer text, so the sample batch needs padding")
 
@@ -79,12 +79,13 @@ def export_onnx(path: str, tokenizer, output: Path, candidate_inputs) -> None:
 
 
 def quantize_int8(source: Path, output: Path) -> None:
-    """Dynamic int8 weights for MatMul/Gemm; activations quantised per pass at run time."""
+    """Dynamic int8 weights for MatMul/Gemm, one scale per output channel (a per-tensor scale
+    moved per-label ROC AUC by up to 0.018); activations quantised per pass at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.disable(logging.INFO)  # quantize_dynamic logs a line per tensor on the root logger
     try:
-        quantize_dynamic(source, output, weight_type=QuantType.QInt8)
+        quantize_dynamic(source, output, weight_type=QuantType.QInt8, per_channel=True)
     finally:
         logging.disable(logging.NOTSET)
 

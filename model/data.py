@@ -42,14 +42,14 @@ UNKNOWN_HARM = -1  # Example.harmful when the source does not say whether the te
 # thresholds are chosen. Buckets with share 0 (Surge's unlabelled toxic comments) are
 # evaluated but never trained on.
 BUCKET_SHARES = {
-    "davidson-hate": 0.06, "davidson-offensive": 0.09, "davidson-neither": 0.07,
+    "davidson-hate": 0.05, "davidson-offensive": 0.07, "davidson-neither": 0.06,
     "toxigen-hate": 0.08, "toxigen-neutral": 0.08,
-    "spans-clean": 0.08, "spans-insult": 0.08, "spans-identity": 0.04, "spans-threat": 0.03,
-    "spans-profane": 0.03, "spans-other": 0.02,
+    "spans-clean": 0.07, "spans-insult": 0.07, "spans-identity": 0.04, "spans-threat": 0.03,
+    "spans-profane": 0.03, "spans-other": 0.01,
     "ailuminate-self-harm": 0.03, "ailuminate-sexual": 0.03, "ailuminate-violent": 0.02,
-    "ailuminate-hate": 0.02, "ailuminate-other": 0.03,
+    "ailuminate-hate": 0.02, "ailuminate-other": 0.02,
     "surge-clean": 0.04, "surge-toxic": 0.0,
-    "extra-flagged": 0.09, "extra-clean": 0.09,
+    "extra-flagged": 0.11, "extra-clean": 0.14,
 }
 
 

@@ -50,8 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("datasets_dir", help="the shared datasets folder (../shared/datasets)")
     parser.add_argument("--output", help="artifact folder (default: model/artifact, "
                         "or a new temp folder with --limit)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--epoch-size", type=int, default=6400, help="examples drawn per epoch")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epoch-size", type=int, default=16000, help="examples drawn per epoch")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1.5e-4)
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")

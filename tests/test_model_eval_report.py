@@ -28,7 +28,7 @@ def test_committed_report_is_for_the_committed_weights_and_complete():
     gaps = report["parity"]["max_roc_auc_difference"]
     assert set(gaps) == {"hate", "harassment", "violence", "self-harm", "sexual"}
     # Guards against gross engine divergence; whether the stated tolerance (0.005) holds per label is
-    # reported (eval-report.md, card), not asserted: sexual has 13 test positives and sits at 0.0052.
+    # reported (eval-report.md, card), not asserted: violence has 29 test positives and sits at 0.0062.
     assert max(gaps.values()) <= 2 * report["parity"]["tolerance"], gaps
 
 

@@ -24,48 +24,45 @@ def _models() -> list[str]:
     return list(get_runtime().settings.worker_models)
 
 
-class HeartbeatStep(bootsteps.StartStopStep):
+class BackgroundServiceStep(bootsteps.StartStopStep):
+    """Starts the service make_service() builds (an object with start() and stop()) when the consumer is
+    up and stops it when the consumer stops, also on a consumer restart (lost broker connection), after
+    which start() runs again."""
+
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
-        self.heartbeat: Heartbeat | None = None
+        self.service = None
+
+    def make_service(self, consumer):
+        raise NotImplementedError
 
     def start(self, consumer):
-        runtime = get_runtime()
-        self.heartbeat = Heartbeat(runtime.store.redis, consumer.hostname, _models())
-        self.heartbeat.start()
+        self.service = self.make_service(consumer)
+        self.service.start()
 
-    def stop(self, consumer):  # also on a consumer restart (lost broker connection): start() runs again
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
-            self.heartbeat = None
+    def stop(self, consumer):
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
 
     shutdown = stop
 
 
-class RedeliveryStep(bootsteps.StartStopStep):
-    requires = {"celery.worker.consumer.tasks:Tasks"}
+class HeartbeatStep(BackgroundServiceStep):
+    def make_service(self, consumer) -> Heartbeat:
+        return Heartbeat(get_runtime().store.redis, consumer.hostname, _models())
 
-    def __init__(self, parent, **kwargs):
-        super().__init__(parent, **kwargs)
-        self.sweeper: RedeliverySweeper | None = None
 
+class RedeliveryStep(BackgroundServiceStep):
     def include_if(self, consumer):
         return is_redis_url(get_runtime().settings.broker_url)
 
-    def start(self, consumer):
+    def make_service(self, consumer) -> RedeliverySweeper:
         runtime = get_runtime()
-        self.sweeper = RedeliverySweeper(broker_redis(runtime.settings), runtime.store, consumer.app,
-                                         consumer.hostname, _models())
-        self.sweeper.start()
-
-    def stop(self, consumer):
-        if self.sweeper is not None:
-            self.sweeper.stop()
-            self.sweeper = None
-
-    shutdown = stop
+        return RedeliverySweeper(broker_redis(runtime.settings), runtime.store, consumer.app, consumer.hostname,
+                                 _models())
 
 
 class BatchTimerStep(bootsteps.StartStopStep):

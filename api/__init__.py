@@ -58,7 +58,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         completions=CompletionListener(client),
         models=specs,
         schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds,
-                              tuple(specs), settings.webhook_allowed_hosts),
+                              tuple(specs), settings.webhook_allowed_hosts,
+                              tuple(spec.model_id for spec in specs.values())),
     )
     register_error_handlers(app)
     _register_outage_handler(app)

@@ -63,9 +63,9 @@ def operation(summary: str, responses: dict, **options) -> Callable:
     return attach
 
 
-def reply(model: BaseModel, status: int = 200, headers: dict | None = None, exclude_none: bool = False) -> Response:
+def reply(model: BaseModel, status: int = 200, headers: dict | None = None, exclude_unset: bool = False) -> Response:
     """A JSON response serialised through its pydantic model (the one its schema is generated from)."""
-    return current_app.response_class(model.model_dump_json(exclude_none=exclude_none), status=status,
+    return current_app.response_class(model.model_dump_json(exclude_unset=exclude_unset), status=status,
                                       headers=headers, mimetype="application/json")
 
 

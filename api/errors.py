@@ -1,4 +1,8 @@
-"""JSON errors everywhere: {"error": {"code": "...", "message": "..."}}."""
+"""JSON errors everywhere, in OpenAI's shape: {"error": {"code", "message", "type", "param"}}.
+
+`code` is ours (clients branch on it), `type` is OpenAI's class of error, picked from the status, and
+`param` names the request field at fault (null when no single field is).
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,27 @@ log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None, **extra):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None,
+                 param: str | None = None, **extra):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.param = status, code, message, param
         self.headers = headers or {}
         self.extra = extra
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None, **extra):
-    return reply(ErrorBody(error=ErrorDetail(code=code, message=message, **extra)), status, headers,
-                 exclude_none=True)  # optional fields (job_id, status_url) appear only when set
+def error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None, param: str | None = None,
+                   **extra):
+    detail = ErrorDetail(code=code, message=message, type=error_type(status), param=param, **extra)
+    # param is always there (null when no field is at fault, as OpenAI does); job_id and status_url only when set
+    return reply(ErrorBody(error=detail), status, headers, exclude_unset=True)
 
 
 # Codes clients branch on; other HTTP errors get their status name ("not_found", "method_not_allowed").
@@ -46,7 +61,7 @@ def _http_message(exc: HTTPException) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def handle_api_error(exc: APIError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+        return error_response(exc.status, exc.code, exc.message, exc.headers, exc.param, **exc.extra)
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException):

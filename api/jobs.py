@@ -34,7 +34,8 @@ def _wait_seconds(raw: str | None) -> float:
     except ValueError:
         value = -1.0
     if not 0 <= value <= limit:
-        raise APIError(400, "invalid_request", f"wait: must be a number of seconds from 0 to {limit:g}")
+        raise APIError(400, "invalid_request", f"wait: must be a number of seconds from 0 to {limit:g}",
+                       param="wait")
     return value
 
 

@@ -1,4 +1,8 @@
-"""POST /v1/moderations: OpenAI-compatible, synchronous on top of the same job queue."""
+"""POST /v1/moderations: OpenAI-compatible, synchronous on top of the same job queue.
+
+Answers in OpenAI's shape (README "OpenAI compatibility"): `id` is "modr-" + the job id, `model` the
+served model's id, and every result lists all of OpenAI's categories.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,36 @@ from api.extensions import services
 from api.submission import submit_and_wait
 from api.validation import parse_json_body
 from shared.jobs import SUCCEEDED
+from shared.model_registry import ModelSpec
 
 bp = Blueprint("moderations", __name__)
 bp.before_request(require_api_key)
+
+ID_PREFIX = "modr-"
+
+
+def _configured_name(requested: str | None, models: dict[str, ModelSpec]) -> str | None:
+    """The configured model a request means: OpenAI's names mean the default model (unless a configured
+    model has that name) and a served model's id means that model; None is the default model."""
+    if requested in models:
+        return requested
+    if requested in s.OPENAI_MODEL_NAMES:
+        return None
+    return next((name for name, spec in models.items() if spec.model_id == requested), requested)
+
+
+def openai_result(stored: dict) -> s.OpenAIModeration:
+    """OpenAI's categories first (false, 0.0 and applied to no input type where the model lacks one),
+    then the model's other labels under their own names; each label the model scored applies to text."""
+    result = s.ModerationResult.model_validate(stored)
+    absent = [name for name in s.OPENAI_CATEGORIES if name not in result.categories]
+    return s.OpenAIModeration(
+        flagged=result.flagged,
+        categories={**dict.fromkeys(absent, False), **result.categories},
+        category_scores={**dict.fromkeys(absent, 0.0), **result.category_scores},
+        category_applied_input_types={**{name: [] for name in absent},
+                                      **{label: ["text"] for label in result.categories}},
+    )
 
 
 @bp.post("/v1/moderations")
@@ -23,12 +54,12 @@ bp.before_request(require_api_key)
 def create_moderation():
     svc = services()
     body = parse_json_body(svc.schemas.moderations)
-    # OpenAI's model names mean the default model, unless a configured model has that name.
-    model = None if body.model in s.OPENAI_MODEL_NAMES and body.model not in svc.models else body.model
-    record, finished = submit_and_wait(body.texts(), model, svc.settings.moderations_timeout)
+    record, finished = submit_and_wait(body.texts(), _configured_name(body.model, svc.models),
+                                       svc.settings.moderations_timeout)
     if finished is None or not finished.finished:
         raise APIError(504, "timeout", "the job did not finish in time; poll its status_url",
                        job_id=record.job_id, status_url=f"/jobs/{record.job_id}")
     if finished.status != SUCCEEDED:
         raise APIError(500, "job_failed", finished.error or "the job failed", job_id=record.job_id)
-    return reply(s.ModerationResponse(id=record.job_id, model=record.model, results=finished.results))
+    return reply(s.ModerationResponse(id=ID_PREFIX + record.job_id, model=svc.models[record.model].model_id,
+                                      results=[openai_result(result) for result in finished.results]))

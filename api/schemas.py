@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from shared.schemas import Job, ModerationResult
 
@@ -45,15 +45,41 @@ class JobAccepted(BaseModel):
     status_url: str
 
 
+# OpenAI's moderation categories (omni models). /v1/moderations answers every one of them, so code
+# written for OpenAI's SDK finds each field; those the model lacks are false, 0.0 and applied to no
+# input type ([]). README "OpenAI compatibility" maps the bundled model's labels onto them.
+OPENAI_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
+    "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence",
+    "violence/graphic",
+)
+_EVERY_OPENAI_CATEGORY = {"required": list(OPENAI_CATEGORIES)}
+
+
+class OpenAIModeration(BaseModel):
+    """One result in OpenAI's shape: OpenAI's categories plus the model's other labels under their own names."""
+    flagged: bool
+    categories: Annotated[dict[str, bool], Field(json_schema_extra=_EVERY_OPENAI_CATEGORY)]
+    category_scores: Annotated[dict[str, float], Field(json_schema_extra=_EVERY_OPENAI_CATEGORY)]
+    category_applied_input_types: Annotated[dict[str, list[Literal["text"]]],
+                                            Field(json_schema_extra=_EVERY_OPENAI_CATEGORY)]
+
+
 class ModerationResponse(BaseModel):
-    id: str
-    model: str
-    results: list[ModerationResult]
+    id: Annotated[str, Field(pattern="^modr-", description="modr-<job id>; GET /jobs/<job id> has the job")]
+    model: Annotated[str, Field(description="the served model's id: its folder's name and version (GET /models)")]
+    results: list[OpenAIModeration]
+
+
+# OpenAI's error types (the SDK reads them as `exc.type`); api/errors.py picks one from the status.
+ErrorType = Literal["invalid_request_error", "authentication_error", "rate_limit_error", "server_error"]
 
 
 class ErrorDetail(BaseModel):
     code: str
     message: str
+    type: ErrorType
+    param: Annotated[str | None, Field(description="the request field at fault, e.g. input[1]; null if none")]
     job_id: str | None = None
     status_url: str | None = None
 
@@ -74,6 +100,7 @@ class Ready(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
+    id: Annotated[str, Field(description="the served model's id, as /v1/moderations answers it")]
     queue: str
     labels: list[str]
     thresholds: dict[str, float]
@@ -106,6 +133,23 @@ class QueueStats(BaseModel):
 OPENAI_MODEL_NAMES = ("omni-moderation-latest", "text-moderation-latest", "text-moderation-stable")
 
 
+def _input_form(value) -> str:
+    """Which form of /v1/moderations' input a value is (a list's first item decides), so a wrong item is
+    reported in that form only. The tags start like the union members pydantic names, so
+    api.validation leaves them out of field paths."""
+    if not isinstance(value, list):
+        return "str"
+    return "list[content-part]" if value and isinstance(value[0], dict) else "list[text]"
+
+
+def _text_part_only(part):
+    """OpenAI's image_url parts are valid OpenAI input this service cannot moderate: a clear 400."""
+    if isinstance(part, dict) and part.get("type") == "image_url":
+        raise ValueError("this model moderates text only: image_url parts are not supported, "
+                         "send {\"type\": \"text\", \"text\": ...} parts or strings")
+    return part
+
+
 @dataclass(frozen=True)
 class RequestSchemas:
     generate: type[BaseModel]
@@ -130,7 +174,8 @@ def _callback_url_schema(allowed_hosts: frozenset[str]):
 
 
 def build_schemas(max_items: int, max_chars: int, max_wait: float,
-                  model_names: tuple[str, ...] = (), callback_hosts: frozenset[str] = frozenset()) -> RequestSchemas:
+                  model_names: tuple[str, ...] = (), callback_hosts: frozenset[str] = frozenset(),
+                  model_ids: tuple[str, ...] = ()) -> RequestSchemas:
     Text = Annotated[str, Field(min_length=1, max_length=max_chars, json_schema_extra={"pattern": NOT_BLANK}),
                      AfterValidator(_valid_text)]
     Texts = Annotated[list[Text], Field(min_length=1, max_length=max_items)]
@@ -140,8 +185,10 @@ def build_schemas(max_items: int, max_chars: int, max_wait: float,
         return Annotated[str, Field(min_length=1, max_length=200,
                                     json_schema_extra={"enum": list(names)} if names else None)]
     Model = model_field(model_names)
-    # /v1/moderations also answers to OpenAI's names, meaning the default model.
-    OpenAIModel = model_field(tuple(dict.fromkeys(model_names + OPENAI_MODEL_NAMES)) if model_names else ())
+    # /v1/moderations also answers to OpenAI's names, meaning the default model, and to the served
+    # models' ids (what its answers name, so a client may send back the "model" it was given).
+    OpenAIModel = model_field(tuple(dict.fromkeys(model_names + model_ids + OPENAI_MODEL_NAMES))
+                              if model_names else ())
     CallbackURL = Annotated[str, Field(min_length=1, max_length=2048,
                                        json_schema_extra=_callback_url_schema(callback_hosts))]
     strict = ConfigDict(extra="forbid", strict=True)
@@ -168,13 +215,25 @@ def build_schemas(max_items: int, max_chars: int, max_wait: float,
         def texts(self) -> list[str]:
             return [self.input_text] if self.input_text is not None else list(self.inputs or [])
 
-    class ModerationsRequest(BaseModel):
-        """OpenAI-compatible: input is one text or a list of texts."""
+    class TextPart(BaseModel):
+        """OpenAI's text content part. (image_url parts are refused with a 400: text only.)"""
         model_config = strict
-        input: Text | Texts
+        type: Literal["text"]
+        text: Text
+
+    Parts = Annotated[list[Annotated[TextPart, BeforeValidator(_text_part_only)]],
+                      Field(min_length=1, max_length=max_items)]
+
+    class ModerationsRequest(BaseModel):
+        """OpenAI-compatible: input is one text, a list of texts or a list of text content parts."""
+        model_config = strict
+        input: Annotated[Annotated[Text, Tag("str")] | Annotated[Texts, Tag("list[text]")]
+                         | Annotated[Parts, Tag("list[content-part]")], Discriminator(_input_form)]
         model: OpenAIModel | None = None
 
         def texts(self) -> list[str]:
-            return [self.input] if isinstance(self.input, str) else list(self.input)
+            if isinstance(self.input, str):
+                return [self.input]
+            return [item if isinstance(item, str) else item.text for item in self.input]
 
     return RequestSchemas(GenerateRequest, ModerationsRequest, max_wait)

@@ -22,7 +22,7 @@ def resolve_model(name: str | None) -> ModelSpec:
     spec = svc.models.get(name)
     if spec is None:
         raise APIError(400, "unknown_model",
-                       f"model: '{name}' is not configured (available: {', '.join(svc.models)})")
+                       f"model: '{name}' is not configured (available: {', '.join(svc.models)})", param="model")
     return spec
 
 
@@ -32,7 +32,7 @@ def checked_callback_url(url: str | None) -> str:
     try:
         return check_callback_url(url, services().settings.webhook_allowed_hosts)
     except CallbackRefused as exc:
-        raise APIError(400, "invalid_request", f"callback_url: {exc}") from None
+        raise APIError(400, "invalid_request", f"callback_url: {exc}", param="callback_url") from None
 
 
 def _queue_full(spec: ModelSpec) -> APIError:

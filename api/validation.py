@@ -28,6 +28,12 @@ def _describe(error: dict) -> str:
     return f"{field}: {message}"
 
 
+def _param(errors: list[dict]) -> str | None:
+    """The field of the first error (the error body's `param`); None when the body as a whole is wrong."""
+    field = _field_path(tuple(errors[0].get("loc", ()))) if errors else "body"
+    return None if field == "body" else field
+
+
 def parse_json_body(schema: type[BaseModel]) -> BaseModel:
     if not request.mimetype or request.mimetype != "application/json":
         raise APIError(415, "unsupported_media_type", "Content-Type must be application/json")
@@ -45,7 +51,8 @@ def parse_json_body(schema: type[BaseModel]) -> BaseModel:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        messages = list(dict.fromkeys(_describe(e) for e in exc.errors(include_url=False)))
-        raise APIError(400, "invalid_request", "; ".join(messages[:5])) from None
+        errors = exc.errors(include_url=False)
+        messages = list(dict.fromkeys(_describe(e) for e in errors))
+        raise APIError(400, "invalid_request", "; ".join(messages[:5]), param=_param(errors)) from None
     except RecursionError:
         raise APIError(400, "invalid_body", "body JSON is nested too deeply") from None

@@ -19,13 +19,16 @@ class ServiceUnreachableError(ModerationError):
 
 
 class APIError(ModerationError):
-    """The service answered with an error status; `code` and `message` come from its JSON error body."""
+    """The service answered with an error status; `code`, `message`, `param` (the request field at fault,
+    or None) and `error_type` (OpenAI's class: invalid_request_error, ...) come from its JSON error body."""
 
     def __init__(self, status_code: int, code: str, message: str, *, job_id: str | None = None,
-                 retry_after: float | None = None, body: Any = None):
+                 retry_after: float | None = None, body: Any = None, param: str | None = None,
+                 error_type: str | None = None):
         super().__init__(f"{status_code} {code}: {message}")
         self.status_code, self.code, self.message = status_code, code, message
         self.job_id, self.retry_after, self.body = job_id, retry_after, body
+        self.param, self.error_type = param, error_type
 
 
 class ClientError(APIError):
@@ -103,10 +106,8 @@ def error_from_response(response: httpx.Response, retry_after: float | None = No
     except ValueError:
         body = None
     detail = body.get("error") if isinstance(body, dict) else None
-    if isinstance(detail, dict):
-        code, message = str(detail.get("code", "error")), str(detail.get("message", ""))
-        job_id = detail.get("job_id")
-    else:
-        code, message, job_id = response.reason_phrase.lower().replace(" ", "_") or "error", response.text[:500], None
+    if not isinstance(detail, dict):
+        detail = {"code": response.reason_phrase.lower().replace(" ", "_") or "error", "message": response.text[:500]}
     cls = _BY_STATUS.get(status) or (ClientError if status < 500 else ServerError)
-    return cls(status, code, message, job_id=job_id, retry_after=retry_after, body=body)
+    return cls(status, str(detail.get("code", "error")), str(detail.get("message", "")), job_id=detail.get("job_id"),
+               retry_after=retry_after, body=body, param=detail.get("param"), error_type=detail.get("type"))

@@ -1,11 +1,13 @@
 """What the API knows about each configured model, read from its config.json (no torch needed).
 
 The worker loads the weights; the API only needs names, labels and the moderation policy
-(thresholds and safe labels) to answer GET /models and to validate the "model" field.
+(thresholds and safe labels) to answer GET /models and to validate the "model" field. Both build
+their ModelSpec here, so the served model's id (`model_id`) has one source.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ DEFAULT_THRESHOLD = 0.5
 class ModelSpec:
     name: str
     path: str
+    model_id: str  # "<folder name>-<version>": what /v1/moderations answers as "model" (see served_model_id)
     queue: str
     labels: tuple[str, ...]
     thresholds: dict[str, float]
@@ -29,6 +32,7 @@ class ModelSpec:
     def describe(self) -> dict:
         return {
             "name": self.name,
+            "id": self.model_id,
             "queue": self.queue,
             "labels": list(self.labels),
             "thresholds": dict(self.thresholds),
@@ -45,6 +49,20 @@ def read_model_config(path: str) -> dict:
         return {}
 
 
+def served_model_id(path: str, config: dict) -> str:
+    """The model folder's name and its version: config.json's "model_version" when the model sets one,
+    else the first 12 hex digits of config.json's sha256. The API never sees the weights (its image
+    holds only the metadata files), so the hash covers what both sides read: labels, thresholds and
+    architecture, which a retrained model changes. Name the version in config.json to be exact."""
+    version = str(config.get("model_version") or "").strip()
+    if not version:
+        try:
+            version = hashlib.sha256((Path(path) / "config.json").read_bytes()).hexdigest()[:12]
+        except OSError:
+            version = "unversioned"
+    return f"{Path(path).name}-{version}"
+
+
 def build_spec(name: str, path: str, config: dict, settings: Settings) -> ModelSpec:
     """Labels come from id2label; thresholds from the model's own "thresholds" then MODEL_THRESHOLDS."""
     id2label = config.get("id2label") or {}
@@ -56,6 +74,7 @@ def build_spec(name: str, path: str, config: dict, settings: Settings) -> ModelS
     return ModelSpec(
         name=name,
         path=path,
+        model_id=served_model_id(path, config),
         queue=queue_for_model(name),
         labels=labels,
         thresholds=thresholds,

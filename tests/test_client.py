@@ -103,9 +103,10 @@ def test_4xx_raise_typed_errors_with_the_servers_code(client, stack):
     with pytest.raises(BadRequestError) as unknown_model:
         client.submit(["hello"], model="nope")
     assert unknown_model.value.code == "unknown_model" and "nope" in unknown_model.value.message
+    assert unknown_model.value.param == "model" and unknown_model.value.error_type == "invalid_request_error"
     with pytest.raises(BadRequestError) as blank:
         client.submit(["fine", "   "])
-    assert blank.value.status_code == 400 and "inputs[1]" in blank.value.message
+    assert blank.value.status_code == 400 and "inputs[1]" in blank.value.message and blank.value.param == "inputs[1]"
     with pytest.raises(BadRequestError, match="MAX|at most|longer|200"):
         client.submit(["x" * (MAX_CHARS + 1)])
     with pytest.raises(PayloadTooLargeError):
@@ -115,7 +116,7 @@ def test_4xx_raise_typed_errors_with_the_servers_code(client, stack):
     assert missing.value.code == "not_found"
     with ModerationClient(stack["limited"], api_key="wrong") as wrong, pytest.raises(AuthenticationError) as auth:
         wrong.submit(["hello"])
-    assert auth.value.status_code == 401
+    assert auth.value.status_code == 401 and auth.value.error_type == "authentication_error"
 
 
 def test_429_retry_after_is_honoured_then_bounded(stack):

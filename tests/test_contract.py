@@ -52,6 +52,16 @@ def test_every_route_is_documented_with_its_methods_and_error_answers(app):
     assert "429" not in paths["/healthz"]["get"]["responses"]  # exempt from rate limits
     assert document["components"]["schemas"]["Job"]["properties"]["status"]["enum"] == [
         "queued", "running", "succeeded", "failed", "canceled"]
+    # Error bodies in OpenAI's shape: type and param beside code and message, param always present.
+    detail = document["components"]["schemas"]["ErrorDetail"]
+    assert {"code", "message", "type", "param"} <= set(detail["required"])
+    assert detail["properties"]["type"]["enum"] == [
+        "invalid_request_error", "authentication_error", "rate_limit_error", "server_error"]
+    # /v1/moderations takes text content parts and answers with every OpenAI category.
+    request = document["components"]["schemas"]["ModerationsRequest"]["properties"]["input"]
+    assert any(form.get("items", {}).get("$ref", "").endswith("/TextPart") for form in request["oneOf"])
+    result = document["components"]["schemas"]["OpenAIModeration"]
+    assert "harassment/threatening" in result["properties"]["category_applied_input_types"]["required"]
 
 
 def test_an_undocumented_route_is_caught(app):
@@ -83,6 +93,8 @@ def test_answers_validate_against_their_documented_schemas(app):
         ("delete", f"/jobs/{job_id}", "/jobs/{job_id}", {}, 409),
         ("delete", f"/jobs/{unknown}", "/jobs/{job_id}", {}, 404),
         ("post", "/v1/moderations", "/v1/moderations", {"json": {"input": 3}}, 400),
+        ("post", "/v1/moderations", "/v1/moderations",
+         {"json": {"input": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}}, 400),
         ("get", "/models", "/models", {}, 200),
         ("get", "/queue", "/queue", {}, 200),
         ("get", "/healthz", "/healthz", {}, 200),

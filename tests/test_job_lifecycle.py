@@ -208,7 +208,9 @@ def test_openai_model_names_mean_the_default_model(stack, name):
     response = requests.post(stack["api"].url + "/v1/moderations", json={"input": ["hello", "you idiot"],
                                                                         "model": name}, headers=ALICE, timeout=40)
     assert response.status_code == 200, response.text
-    assert response.json()["model"] == "tiny" and len(response.json()["results"]) == 2
+    tiny = next(m for m in requests.get(stack["api"].url + "/models", headers=ALICE, timeout=10).json()["models"]
+                if m["name"] == "tiny")
+    assert response.json()["model"] == tiny["id"] and len(response.json()["results"]) == 2  # the served model's id
     unknown = requests.post(stack["api"].url + "/v1/moderations", json={"input": "x", "model": "gpt-4"},
                             headers=ALICE, timeout=10)
     assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_model"

@@ -163,6 +163,69 @@ def test_generate_schema_in_openapi_accepts_exactly_what_the_api_accepts(documen
     assert documented_ok == api_ok
 
 
+TEXT_PART = {"type": "text", "text": "hi"}
+IMAGE_PART = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+MODERATION_BODIES = [
+    {"input": "hi"}, {"input": ["a", "b"]}, {"input": [TEXT_PART]}, {"input": [TEXT_PART, {"type": "text", "text": "b"}]},
+    {"input": [TEXT_PART] * 4}, {"input": [IMAGE_PART]}, {"input": [TEXT_PART, IMAGE_PART]}, {"input": []},
+    {"input": [{"type": "text", "text": " "}]}, {"input": [{"type": "text"}]}, {"input": [{"text": "hi"}]},
+    {"input": [{**TEXT_PART, "extra": 1}]}, {"input": ["a", TEXT_PART]}, {"input": [TEXT_PART, "a"]},
+    {"input": TEXT_PART}, {"input": [{"type": "text", "text": "x" * 11}]}, {"input": "hi", "model": "omni-moderation-latest"},
+    {"input": "hi", "model": "tiny"}, {"input": 3}, {},
+]
+
+
+@pytest.mark.parametrize("body", MODERATION_BODIES, ids=[str(b)[:50] for b in MODERATION_BODIES])
+def test_moderations_schema_in_openapi_accepts_exactly_what_the_api_accepts(document, body):
+    schema = _inline_refs(document["components"]["schemas"]["ModerationsRequest"], document["components"]["schemas"])
+    documented_ok = jsonschema_rs.Draft202012Validator(schema).is_valid(body)
+    try:
+        SCHEMAS.moderations.model_validate(body)
+        api_ok = True
+    except ValueError:
+        api_ok = False
+    assert documented_ok == api_ok
+
+
+@pytest.mark.parametrize("body, param, mentions", [
+    ({"input": [TEXT_PART, IMAGE_PART]}, "input[1]", "this model moderates text only"),
+    ({"input": [IMAGE_PART]}, "input[0]", "this model moderates text only"),
+    ({"input": ["ok", 3]}, "input[1]", "valid string"),
+    ({"input": [TEXT_PART, {"type": "text", "text": ""}]}, "input[1].text", "at least 1 character"),
+    ({"input": "hi", "user": "u1"}, "user", "unknown field 'user'"),
+    ({"input": "hi", "model": "nope"}, "model", "not configured"),
+])
+def test_moderations_400_names_the_field_in_param(client, body, param, mentions):
+    response = client().post("/v1/moderations", json=body)
+    assert response.status_code == 400, response.json
+    error = response.json["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and mentions in error["message"]
+
+
+def test_error_bodies_carry_type_and_param_for_every_status(client):
+    app = client(API_KEYS="k", MAX_CONTENT_LENGTH="2048")
+    key = {"Authorization": "Bearer k"}
+    answers = [
+        (app.post("/generate", json={"input_text": "hi"}), 401, "authentication_error", None),
+        (app.post("/generate", data="{", content_type="application/json", headers=key), 400,
+         "invalid_request_error", None),
+        (app.post("/generate", json={}, headers=key), 400, "invalid_request_error", None),  # the body as a whole
+        (app.get("/jobs/00000000-0000-4000-8000-000000000000?wait=x", headers=key), 400, "invalid_request_error",
+         "wait"),
+        (app.get("/jobs/00000000-0000-4000-8000-000000000000", headers=key), 404, "invalid_request_error", None),
+        (app.post("/generate", data="x", content_type="text/plain", headers=key), 415, "invalid_request_error", None),
+        (app.post("/generate", data=b"x" * 4096, content_type="application/json", headers=key), 413,
+         "invalid_request_error", None),
+        (app.put("/generate", headers=key), 405, "invalid_request_error", None),
+        (app.get("/readyz"), 503, "server_error", None),
+    ]
+    for response, status, kind, param in answers:
+        assert response.status_code == status, response.json
+        error = response.json["error"]
+        assert (error["type"], error["param"]) == (kind, param), error
+        assert {"code", "message", "type", "param"} <= set(error)
+
+
 def _inline_refs(node, defs):
     if isinstance(node, dict):
         if "$ref" in node:

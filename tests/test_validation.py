@@ -166,12 +166,13 @@ def test_generate_schema_in_openapi_accepts_exactly_what_the_api_accepts(documen
 TEXT_PART = {"type": "text", "text": "hi"}
 IMAGE_PART = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 MODERATION_BODIES = [
-    {"input": "hi"}, {"input": ["a", "b"]}, {"input": [TEXT_PART]}, {"input": [TEXT_PART, {"type": "text", "text": "b"}]},
-    {"input": [TEXT_PART] * 4}, {"input": [IMAGE_PART]}, {"input": [TEXT_PART, IMAGE_PART]}, {"input": []},
+    {"input": "hi"}, {"input": ["a", "b"]}, {"input": [TEXT_PART]},
+    {"input": [TEXT_PART, {"type": "text", "text": "b"}]}, {"input": [TEXT_PART] * 4}, {"input": [IMAGE_PART]},
+    {"input": [TEXT_PART, IMAGE_PART]}, {"input": []},
     {"input": [{"type": "text", "text": " "}]}, {"input": [{"type": "text"}]}, {"input": [{"text": "hi"}]},
     {"input": [{**TEXT_PART, "extra": 1}]}, {"input": ["a", TEXT_PART]}, {"input": [TEXT_PART, "a"]},
-    {"input": TEXT_PART}, {"input": [{"type": "text", "text": "x" * 11}]}, {"input": "hi", "model": "omni-moderation-latest"},
-    {"input": "hi", "model": "tiny"}, {"input": 3}, {},
+    {"input": TEXT_PART}, {"input": [{"type": "text", "text": "x" * 11}]},
+    {"input": "hi", "model": "omni-moderation-latest"}, {"input": "hi", "model": "tiny"}, {"input": 3}, {},
 ]
 
 

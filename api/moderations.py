@@ -35,16 +35,15 @@ def _configured_name(requested: str | None, models: dict[str, ModelSpec]) -> str
 
 
 def openai_result(stored: dict) -> s.OpenAIModeration:
-    """OpenAI's categories first (false, 0.0 and applied to no input type where the model lacks one),
-    then the model's other labels under their own names; each label the model scored applies to text."""
+    """OpenAI's categories in OpenAI's order (false, 0.0 and applied to no input type where the model lacks
+    one), then the model's other labels under their own names; each label the model scored applies to text."""
     result = s.ModerationResult.model_validate(stored)
-    absent = [name for name in s.OPENAI_CATEGORIES if name not in result.categories]
+    names = list(dict.fromkeys([*s.OPENAI_CATEGORIES, *result.categories]))
     return s.OpenAIModeration(
         flagged=result.flagged,
-        categories={**dict.fromkeys(absent, False), **result.categories},
-        category_scores={**dict.fromkeys(absent, 0.0), **result.category_scores},
-        category_applied_input_types={**{name: [] for name in absent},
-                                      **{label: ["text"] for label in result.categories}},
+        categories={name: result.categories.get(name, False) for name in names},
+        category_scores={name: result.category_scores.get(name, 0.0) for name in names},
+        category_applied_input_types={name: ["text"] if name in result.categories else [] for name in names},
     )
 
 

@@ -36,3 +36,18 @@ def test_safe_label_is_reported_but_never_flags():
 
 def test_safe_labels_are_configurable():
     assert spec(SINGLE, SAFE_LABELS="toxic").safe_labels == {"toxic"}
+
+
+def test_served_model_id_is_the_folder_and_a_version(tmp_path):
+    from shared.model_registry import served_model_id
+
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"id2label": {"0": "hate"}}')
+    first = served_model_id(str(folder), {})
+    assert first.startswith("my-model-") and len(first) == len("my-model-") + 12
+    assert served_model_id(str(folder) + "/", {}) == first  # a trailing slash names the same folder
+    (folder / "config.json").write_text('{"id2label": {"0": "hate"}, "thresholds": {"hate": 0.3}}')
+    assert served_model_id(str(folder), {}) != first  # a retrained model's config changes its version
+    assert served_model_id(str(folder), {"model_version": "2024-11-30"}) == "my-model-2024-11-30"
+    assert build_spec("m", str(folder), {}, load_settings({})).model_id == served_model_id(str(folder), {})

@@ -62,8 +62,8 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
                                                                 settings.cache_ttl))
         metrics.MODEL_LOAD.labels(name).set(classifier.load_seconds)
         metrics.WORKER_INFO.labels(name, classifier.device, __version__, classifier.engine).set(1)
-        log.info("loaded model %s from %s (%s) in %.1fs (labels: %s)", name, path, classifier.describe(),
-                 classifier.load_seconds, ", ".join(spec.labels))
+        log.info("loaded model %s (%s) from %s (%s) in %.1fs (labels: %s)", name, spec.model_id, path,
+                 classifier.describe(), classifier.load_seconds, ", ".join(spec.labels))
     _runtime = WorkerRuntime(settings, JobStore(client, settings.result_ttl), served,
                              DeliveryCounter(client, settings.result_ttl, settings.max_deliveries))
     return _runtime

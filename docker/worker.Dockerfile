@@ -78,7 +78,8 @@ RUN moderation-setup pip -r /tmp/requirements/worker-runtime.txt \
     && ! pip show torch >/dev/null 2>&1
 
 # ---------------------------------------------------------------------------------------------
-# runtime: what both final stages share: python, the non-root user, the settings, the entrypoint.
+# runtime: what both final stages inherit: python, the non-root user, the settings, the healthcheck
+# and the entrypoint.
 FROM ${PYTHON_IMAGE} AS runtime
 # HF_*/TRANSFORMERS_OFFLINE: the model is local; never reach for the Hugging Face Hub at run time.
 ENV PYTHONUNBUFFERED=1 \
@@ -118,17 +119,14 @@ COPY --from=builder /opt/models /opt/models
 COPY --chown=app:app --from=export /opt/engine-cache /opt/engine-cache
 COPY --from=source /app /app
 USER app
-ENTRYPOINT ["python", "-m", "worker"]
 
 # ---------------------------------------------------------------------------------------------
 # cpu (default): ONNX Runtime, the exported model, no torch. DEVICE=cpu: nothing asks torch
 # whether CUDA is there. The engine cache holds the build-time export; the worker only reads it.
 FROM runtime AS cpu
-ENV MODEL_PATH=/opt/models/moderation-minilm \
-    DEVICE=cpu
+ENV DEVICE=cpu
 COPY --from=cpu-builder /opt/venv /opt/venv
 COPY --from=builder /opt/models /opt/models
 COPY --chown=app:app --from=export /opt/engine-cache /opt/engine-cache
 COPY --from=source /app /app
 USER app
-ENTRYPOINT ["python", "-m", "worker"]

@@ -641,7 +641,8 @@ def test_the_cpu_worker_image_has_no_torch_and_the_gpu_image_has():
     assert not installs_worker_stack(stages[cpu_venv]), f"the CPU image's venv ({cpu_venv}) installs torch"
     text = " ".join(args for _, args in stages[cpu_venv]["instructions"])
     assert "worker-runtime.txt" in text and "! pip show torch" in text
-    lines = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "worker-runtime.txt").read_text().splitlines()]
+    runtime = (ROOT / "requirements" / "worker-runtime.txt").read_text()
+    lines = [line.split("#")[0].strip() for line in runtime.splitlines()]
     assert not [line for line in lines if re.match(r"torch\b", line)]
     # The ONNX file it serves was exported at build time, in a stage with torch.
     assert any("--from=export" in args and "/opt/engine-cache" in args for _, args in final["instructions"])

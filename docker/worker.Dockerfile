@@ -55,11 +55,14 @@ RUN rm -rf /app/docker/build-extras
 
 # ---------------------------------------------------------------------------------------------
 # export: the bundled model exported to ONNX int8 with torch (the CPU engine's file, README
-# "Inference engines"), for the cpu stage, which has no torch to export with.
+# "Inference engines"): in /opt/engine-cache for the gpu stage, and for the cpu stage, which has no
+# torch, the model folder less its weights (/opt/lean/models) with the same file under that
+# folder's key (/opt/lean/engine-cache): the weights are the ONNX file there.
 FROM builder AS export
 WORKDIR /app
 COPY --from=source /app /app
-RUN ENGINE_CACHE_DIR=/opt/engine-cache python -m worker.engines.onnx_export /opt/models/moderation-minilm
+RUN ENGINE_CACHE_DIR=/opt/engine-cache python -m worker.engines.onnx_export /opt/models/moderation-minilm \
+        --serve-dir /opt/lean/models/moderation-minilm --serve-cache /opt/lean/engine-cache
 
 # ---------------------------------------------------------------------------------------------
 # cpu-builder: the torch-free run-time wheels (requirements/worker-runtime.txt) in a clean venv.
@@ -74,8 +77,10 @@ COPY docker/setup.sh /usr/local/bin/moderation-setup
 RUN moderation-setup venv
 COPY ${BUILD_EXTRAS}/ /tmp/build-extras/
 COPY requirements/common.txt requirements/worker-runtime.txt /tmp/requirements/
+# pip and setuptools go afterwards: nothing installs at run time.
 RUN moderation-setup pip -r /tmp/requirements/worker-runtime.txt \
-    && ! pip show torch >/dev/null 2>&1
+    && ! pip show torch >/dev/null 2>&1 \
+    && pip uninstall -y -q pip setuptools
 
 # ---------------------------------------------------------------------------------------------
 # runtime: what both final stages inherit: python, the non-root user, the settings, the healthcheck
@@ -93,7 +98,9 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/tmp/huggingface \
     ENGINE_CACHE_DIR=/opt/engine-cache
 COPY docker/setup.sh /usr/local/bin/moderation-setup
+# apt's package caches (84 MB after installing python3 on a bare Debian base) are not needed to run.
 RUN moderation-setup python \
+    && rm -rf /var/cache/apt/* \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app \
         --shell /usr/sbin/nologin app
@@ -121,12 +128,13 @@ COPY --from=source /app /app
 USER app
 
 # ---------------------------------------------------------------------------------------------
-# cpu (default): ONNX Runtime, the exported model, no torch. DEVICE=cpu: nothing asks torch
-# whether CUDA is there. The engine cache holds the build-time export; the worker only reads it.
+# cpu (default): ONNX Runtime, the exported model, no torch, no weights (the model folder holds
+# config and tokenizer; the engine cache the build-time ONNX file, which the worker only reads).
+# DEVICE=cpu: nothing asks torch whether CUDA is there.
 FROM runtime AS cpu
 ENV DEVICE=cpu
 COPY --from=cpu-builder /opt/venv /opt/venv
-COPY --from=builder /opt/models /opt/models
-COPY --chown=app:app --from=export /opt/engine-cache /opt/engine-cache
+COPY --from=export /opt/lean/models /opt/models
+COPY --chown=app:app --from=export /opt/lean/engine-cache /opt/engine-cache
 COPY --from=source /app /app
 USER app

@@ -8,6 +8,7 @@ runs it first, and `helm_binary()` runs it again if the binary is missing, so a 
 from __future__ import annotations
 
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -18,6 +19,7 @@ ENVIRONMENTS = ("dev", "staging", "prod")
 RELEASE = "moderation"
 
 
+@lru_cache(maxsize=1)
 def helm_binary() -> str:
     result = subprocess.run([str(ROOT / "scripts" / "helm.sh")], cwd=ROOT, capture_output=True, text=True,
                             timeout=600)

@@ -49,6 +49,8 @@ class RunningPod:
         return self.deployment["spec"]["template"]["spec"]["containers"][0]
 
     def probe_passes(self, probe: str = "readinessProbe") -> bool:
+        if probe not in self.container_spec:  # no probe: ready once running, as for the kubelet
+            return self.running()
         spec = self.container_spec[probe]
         if "httpGet" in spec:
             port = spec["httpGet"]["port"]

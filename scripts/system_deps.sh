@@ -17,6 +17,7 @@ TEST_PACKAGES=(
   chromium=chromium                # the browser test of the web UI
   chromium-driver=chromedriver
   rabbitmq-server=rabbitmq-server  # the RabbitMQ broker tests (127.0.0.1:5672, guest/guest)
+  npm=npm                          # `npm pack` fetches helm for the chart checks (scripts/helm.sh)
 )
 CONTAINER_PACKAGES=(
   docker.io=dockerd                # the engine and its CLI

@@ -137,7 +137,8 @@ def all_exprs() -> list[tuple[str, str]]:
 
 
 def dockerfile_stages(path: Path) -> list[dict]:
-    """[{"name": ..., "instructions": [(KEYWORD, args), ...]}] with continuations joined."""
+    """[{"name": ..., "instructions": [(KEYWORD, args), ...]}] with continuations joined; a stage
+    FROM an earlier one starts with that one's instructions."""
     logical, current = [], ""
     for raw in path.read_text().splitlines():
         line = raw.strip()
@@ -153,7 +154,10 @@ def dockerfile_stages(path: Path) -> list[dict]:
         keyword = keyword.upper()
         if keyword == "FROM":
             match = re.search(r"\bAS\s+(\S+)", args, re.IGNORECASE)
-            stages.append({"name": match.group(1) if match else str(len(stages)), "instructions": []})
+            # A stage built FROM an earlier stage inherits its instructions (ENV, USER, HEALTHCHECK...).
+            parent = next((stage for stage in stages if stage["name"] == args.split()[0]), None)
+            stages.append({"name": match.group(1) if match else str(len(stages)),
+                           "instructions": list(parent["instructions"]) if parent else []})
         elif stages:
             stages[-1]["instructions"].append((keyword, args))
     assert stages, f"no FROM in {path}"
@@ -622,3 +626,27 @@ def test_grafana_provisioning_matches_the_dashboards():
     volumes = load_compose()["services"]["grafana"]["volumes"]
     mounted = {v.split(":")[1] for v in volumes if v.startswith("./grafana/dashboards:")}
     assert paths <= mounted, f"dashboard provider paths {paths} are not mounted ({mounted})"
+
+
+def test_the_cpu_worker_image_has_no_torch_and_the_gpu_image_has():
+    stages = {stage["name"]: stage for stage in dockerfile_stages(WORKER_DOCKERFILE)}
+    final = dockerfile_stages(WORKER_DOCKERFILE)[-1]
+    assert final["name"] == "cpu", "the default (last) stage is the lean CPU image"
+
+    def venv_sources(stage: dict) -> list[str]:
+        return [re.search(r"--from=(\S+)", args).group(1) for keyword, args in stage["instructions"]
+                if keyword == "COPY" and "/opt/venv" in args]
+
+    (cpu_venv,) = venv_sources(final)
+    assert not installs_worker_stack(stages[cpu_venv]), f"the CPU image's venv ({cpu_venv}) installs torch"
+    text = " ".join(args for _, args in stages[cpu_venv]["instructions"])
+    assert "worker-runtime.txt" in text and "! pip show torch" in text
+    runtime = (ROOT / "requirements" / "worker-runtime.txt").read_text()
+    lines = [line.split("#")[0].strip() for line in runtime.splitlines()]
+    assert not [line for line in lines if re.match(r"torch\b", line)]
+    # The ONNX file it serves was exported at build time, in a stage with torch.
+    assert any("--from=export" in args and "/opt/engine-cache" in args for _, args in final["instructions"])
+    assert installs_worker_stack(stages["export"])
+    (gpu_venv,) = venv_sources(stages["gpu"])
+    assert installs_worker_stack(stages[gpu_venv])
+    assert load_compose()["services"]["worker-gpu"]["build"]["target"] == "gpu"

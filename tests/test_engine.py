@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 
 import pytest
 import requests
@@ -116,3 +119,25 @@ def test_service_answers_when_export_fails(fnet_model, redis_server, tmp_path):
     finally:
         worker.stop()
         api.stop()
+
+
+def test_a_folder_served_without_weights_runs_its_onnx_file_without_torch(tiny_multilabel_model, tmp_path):
+    """The lean CPU image (docker/worker.Dockerfile): the export stage writes the model folder less its
+    weights and the ONNX file under that folder's key; a worker without torch then scores with it."""
+    served, cache, full_cache = tmp_path / "served", tmp_path / "cache", tmp_path / "full-cache"
+    env = {**base_env("redis://127.0.0.1:1/0"), "ENGINE": "auto", "QUANTIZE": "", "ENGINE_CACHE_DIR": str(full_cache)}
+    subprocess.run([sys.executable, "-m", "worker.engines.onnx_export", str(tiny_multilabel_model),
+                    "--serve-dir", str(served), "--serve-cache", str(cache)], env=env, check=True, capture_output=True)
+    assert (served / "config.json").is_file() and not list(served.glob("*.safetensors"))
+    texts = ["you are an idiot", "hello there"]
+    # torch made unimportable: the worker's CPU path must not reach for it.
+    script = ("import sys, json; sys.modules['torch'] = None\n"
+              "from worker.inference import TextClassifier\n"
+              f"c = TextClassifier({str(served)!r}, device='cpu', threads=1, cache_dir={str(cache)!r})\n"
+              f"print(json.dumps([c.engine, c.scores({texts!r})]))")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    engine, scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert engine == "onnx"
+    # The same file as the full folder's export: the same scores.
+    expected = TextClassifier(str(tiny_multilabel_model), device="cpu", threads=1, cache_dir=str(full_cache))
+    assert sum(scores, []) == pytest.approx(sum(expected.scores(texts), []), abs=1e-6)

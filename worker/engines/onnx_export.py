@@ -1,8 +1,11 @@
 """Export a Hugging Face sequence classifier to ONNX (optionally int8), cached by content hash.
 
 The cache file is named by a hash of every file in the model folder, the quantisation mode and
-the export recipe (EXPORT_RECIPE, torch and onnxruntime versions), so a changed model or recipe
-gets a new file and an unchanged one is reused on the next start. Files are written to a temp
+the export recipe (EXPORT_RECIPE and the onnxruntime version, whose quantiser writes the file), so
+a changed model or recipe gets a new file and an unchanged one is reused on the next start. The
+torch version is left out of the name on purpose: the lean CPU image has no torch, and must find
+the file its build stage exported with torch (docker/worker.Dockerfile); a file exported by an
+older torch is still a valid ONNX model. Bump EXPORT_RECIPE when the export changes. Files are written to a temp
 name in the cache folder and renamed into place: two workers starting at once both export, and
 the last rename wins with an identical, complete file.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -42,9 +46,8 @@ def folder_hash(path: str) -> str:
 
 def cache_key(path: str, quantize: str) -> str:
     import onnxruntime
-    import torch
 
-    recipe = f"{EXPORT_RECIPE}|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}|{quantize}"
+    recipe = f"{EXPORT_RECIPE}|onnxruntime {onnxruntime.__version__}|{quantize}"
     return hashlib.sha256(f"{folder_hash(path)}|{recipe}".encode()).hexdigest()[:32]
 
 
@@ -128,6 +131,27 @@ def build_onnx(path: str, tokenizer, quantize: str, cache_dir: str, candidate_in
     return target, False
 
 
+# Weight files a model folder may hold; an image that serves the ONNX file needs none of them.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+
+
+def serve_without_weights(model_dir: str, onnx_file: Path, quantize: str, serve_dir: str, serve_cache: str) -> Path:
+    """For an image without torch (the lean CPU worker): model_dir less its weights (config, tokenizer,
+    card) in serve_dir, and the exported file in serve_cache under serve_dir's own cache key, so a
+    worker with MODEL_PATH=serve_dir finds it and never needs the weights or torch. A changed folder
+    gets a new key there too; with no file for it, that worker can only report the missing weights."""
+    source = Path(model_dir)
+    for file in source.rglob("*"):
+        if file.is_file() and not file.name.endswith(WEIGHT_SUFFIXES):
+            target = Path(serve_dir) / file.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, target)
+    os.makedirs(serve_cache, exist_ok=True)
+    target = cached_onnx_path(serve_dir, quantize, serve_cache)
+    shutil.copy2(onnx_file, target)
+    return target
+
+
 def main(argv=None) -> None:
     """`python -m worker.engines.onnx_export MODEL_DIR`: export ahead of the first worker start
     (`make model` does it for the bundled model), as the worker would with its settings."""
@@ -138,12 +162,22 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description="Export a model folder to the engine cache (ENGINE_CACHE_DIR).")
     parser.add_argument("model_dir")
+    parser.add_argument("--serve-dir", help="also write the folder less its weights here, for an image "
+                                            "without torch (docker/worker.Dockerfile)")
+    parser.add_argument("--serve-cache", help="the engine cache of --serve-dir (default: ENGINE_CACHE_DIR)")
     args = parser.parse_args(argv)
     settings = get_settings()
     classifier = TextClassifier(args.model_dir, "cpu", settings.quantize, 1, settings.engine,
                                 settings.engine_cache_dir)
     detail = getattr(classifier.backend, "file", "no ONNX file: torch runs this model")
     print(f"engine: {classifier.describe()} ({detail})", file=sys.stderr)
+    if args.serve_dir:
+        if classifier.engine != "onnx":
+            raise SystemExit(f"{args.model_dir} does not export to ONNX: it cannot be served without torch")
+        quantize = "int8" if classifier.precision == "int8" else "none"
+        served = serve_without_weights(args.model_dir, classifier.backend.file, quantize, args.serve_dir,
+                                       args.serve_cache or settings.engine_cache_dir)
+        print(f"served without weights: {args.serve_dir} ({served})", file=sys.stderr)
     print(args.model_dir)
 
 

@@ -221,10 +221,18 @@ def render_markdown(report):
                          f"{s['harmful_cases_caught']}, harmless cleared {s['harmless_cases_cleared']}, lowest trap "
                          f"group {s['trap_group_min']}")
     lines.append("")
-    groups = halves["test"]["by_functionality"]
-    lines += _table(["functionality (frozen test half)", "cases"] + [f"{n} accuracy" for n in names],
-                    [[group, g["cases"]] + [results[n]["functional_suite_halves"]["test"]["by_functionality"][group]
-                                            ["accuracy"] for n in names] for group, g in groups.items()])
+    groups = sorted(set(halves["test"]["by_functionality"]) | set(halves["dev"]["by_functionality"]))
+
+    def cell(name, half, group, key):
+        entry = results[name]["functional_suite_halves"][half]["by_functionality"].get(group)
+        return entry[key] if entry else "-"
+
+    lines += _table(["functionality", "test cases"] + [f"{n} test accuracy" for n in names]
+                    + ["dev cases", f"{default} dev accuracy"],
+                    [[group, cell(default, "test", group, "cases")]
+                     + [cell(n, "test", group, "accuracy") for n in names]
+                     + [cell(default, "dev", group, "cases"), cell(default, "dev", group, "accuracy")]
+                     for group in groups])
     lines += ["", f"Failures in the frozen test half (`{default}`):", ""]
     lines += [f"- [{f['functionality']}] \"{f['text']}\": expected {', '.join(f['expected']) or 'none'}, "
               f"flagged {', '.join(f['flagged']) or 'none'}" for f in halves["test"]["failures"]] or ["- none"]

@@ -258,9 +258,14 @@ threats and project sentences): treat those rows as indicative. Required checks 
   is the project's own phrasing: held-out hate ROC AUC (0.84) is still below v1's 0.88, and
   negations of milder claims ("X are not inferior") can still be flagged. Sarcasm and coded
   language remain hard; dialects (e.g. AAE) are under-represented in the clean data.
-- The self-harm threshold chosen on validation is low (0.06, few validation positives): recovery
-  stories and talk *about* suicide (hotlines) are sometimes flagged, and terse ideation
-  ("I'm going to swallow every pill in the cabinet") or pro-eating-disorder slogans missed.
+- Self-harm and sexual have 18 and 11 validation positives (AILuminate prompts and written
+  sentences): their Platt fits are rough, and the realistic clean set holds few texts near those
+  topics, so their false-flag rates on other traffic (recovery stories, hotline talk, dating and
+  medical questions) may exceed the 2% budget; terse ideation and pro-eating-disorder slogans can
+  still be missed.
+- Thresholds are set on clean text only: recall at them is what the held-out split and the
+  functional suite show, and it is lower for harassment (its threshold is the highest, because
+  insults at public figures in news comments are labelled harassment and resemble ordinary criticism).
 - Graphic or glorified violence without a threat word ("the school shooter ... is a legend")
   is the weakest harmful group (0.7-0.8); violence has only 29 held-out positives, so its
   engine gap (0.006) is over the 0.005 tolerance.

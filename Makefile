@@ -9,7 +9,7 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 WORKERS ?= 1
 export REDIS_URL
 
-.PHONY: run test test-containers test-chart helm system-deps venv model eval-model redis worker api bench lint clean
+.PHONY: run test test-containers test-chart helm system-deps venv model eval-model calibrate-model redis worker api bench lint clean
 
 $(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker-runtime.txt requirements/worker.txt requirements/client.txt \
 		requirements/run.txt pyproject.toml
@@ -36,6 +36,11 @@ model: venv
 DATASETS_DIR ?= ../shared/datasets
 eval-model: $(VENV)/.installed-dev
 	$(PY) -m model.eval_report $(DATASETS_DIR)
+
+# Per-label Platt calibration (validation split) folded into the head, and thresholds for a false-flag
+# budget on realistic clean text (model/calibrate.py); run `make eval-model` after it.
+calibrate-model: $(VENV)/.installed-dev
+	$(PY) -m model.calibrate $(DATASETS_DIR)
 
 redis: venv
 	$(PY) -m scripts.redis_server run $(REDIS_URL)
@@ -83,6 +88,7 @@ test-chart: $(VENV)/.installed-dev helm
 bench: $(VENV)/.installed-dev
 	$(PY) -m model.build >/dev/null
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.long_texts
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -1,14 +1,19 @@
-"""The bundled model's evaluation report: held-out split + the functional test suite.
+"""The bundled model's evaluation report: held-out split, cross-source, realistic clean text, the suite.
 
     python -m model.eval_report ../shared/datasets     # = make eval-model
 
-Builds the bundled model and runs it as the worker does (worker/inference.py), once per
-recorded engine (torch fp32 and the CPU default, ONNX Runtime int8), on the held-out test
-split (per-label ROC AUC, precision, recall and F1 at the shipped thresholds; "any harm"
-AUC of the highest score) and on the project's functional suite (model/functional_suite.tsv:
-written cases with expected labels, grouped by functionality). Prints the report, writes
-model/artifact/eval-report.{md,json} and the engines' figures into metrics.json, and
-rebuilds the model folder so that its card shows them.
+Builds the bundled model and runs it as the worker does (worker/inference.py: long texts in
+windows), once per recorded engine (torch fp32 and the CPU default, ONNX Runtime int8), on
+- the held-out test split: per-label ROC AUC, precision, recall and F1 at the served thresholds,
+  pooled and within each source; "any harm" AUC of the highest score;
+- cross-source: leave one source out per label (model/cross_source.py);
+- realistic clean text never trained on (model/clean_sets.py, test half): the share flagged at the
+  served thresholds, per label and by any label;
+- the functional suite (model/functional_suite.tsv), split by template (model/suite.py) into a
+  frozen test half and a development half; test cases with a near-duplicate in the training
+  examples are also reported apart.
+Prints the report, writes model/artifact/eval-report.{md,json} and the engines' figures into
+metrics.json, and rebuilds the model folder so that its card shows them.
 """
 
 import argparse
@@ -19,7 +24,10 @@ from collections import defaultdict
 import numpy as np
 
 from model.build import DEFAULT_OUTPUT_DIR, build, sha256_of
-from model.data import FUNCTIONAL_SUITE_PATH, LABELS, load_splits, parse_labels, read_tsv
+from model.calibrate import flag_rates, source_weights
+from model.clean_sets import load_clean_sets
+from model.cross_source import leave_one_source_out, sample_examples
+from model.data import FUNCTIONAL_SUITE_PATH, LABELS, load_all, load_extra_examples, load_splits, parse_labels, read_tsv
 from model.evaluate import (
     RECORDED_ENGINES,
     engine_name,
@@ -28,9 +36,11 @@ from model.evaluate import (
     flagged_labels,
     harm_metrics,
     load_engine,
+    per_source_metrics,
     store_engines,
 )
 from model.modeling import ARTIFACT_DIR
+from model.suite import near_duplicates, suite_half
 
 SUITE_TARGETS = {"overall": 0.85, "trap_group_min": 0.75}
 AUC_TOLERANCE = 0.005  # engines must agree on per-label ROC AUC within this
@@ -39,7 +49,7 @@ TRAP_PREFIX = "trap-"
 
 def load_suite(path=FUNCTIONAL_SUITE_PATH):
     return [{"text": row["text"], "labels": parse_labels(row["labels"], row["text"]),
-             "functionality": row["functionality"]} for row in read_tsv(path)]
+             "functionality": row["functionality"], "half": suite_half(row["text"])} for row in read_tsv(path)]
 
 
 def case_passes(expected, flagged):
@@ -76,16 +86,57 @@ def suite_report(cases, scores, thresholds):
     }
 
 
-def evaluate(classifier, test, cases):
-    """One engine on the held-out test split and the functional suite."""
-    scores = engine_scores(classifier, [e.text for e in test] + [c["text"] for c in cases])
-    test_scores, suite_scores = scores[:len(test)], scores[len(test):]
+def clean_report(clean, scores, thresholds):
+    """Share of realistic clean texts flagged, per source and pooled (each source weighing the same)."""
+    sources = [c.source for c in clean]
+    report = {}
+    for source in sorted(set(sources)) + ["pooled"]:
+        rows = [i for i, s in enumerate(sources) if source in (s, "pooled")]
+        per_label, any_label = flag_rates(scores[rows], thresholds, source_weights([sources[i] for i in rows]))
+        report[source] = {"texts": len(rows), "any_label": round(any_label, 4),
+                          **{label: round(rate, 4) for label, rate in per_label.items()}}
+    flagged = [i for i in np.argsort(-scores.max(axis=1)) if flagged_labels(scores[i], thresholds)][:10]
+    report["examples"] = [{"source": sources[i], "flagged": flagged_labels(scores[i], thresholds),
+                           "text": clean[i].text[:160]} for i in flagged]
+    return report
+
+
+def suite_halves(cases, scores, thresholds, near):
+    """The suite's frozen test half (all, and without near-duplicates of training examples) and dev half."""
+    halves = {}
+    for name, keep in (("test", lambda c: c["half"] == "test"),
+                       ("test_without_near_duplicates", lambda c: c["half"] == "test" and c["text"] not in near),
+                       ("dev", lambda c: c["half"] == "dev")):
+        rows = [i for i, case in enumerate(cases) if keep(case)]
+        halves[name] = suite_report([cases[i] for i in rows], scores[rows], thresholds)
+    return halves
+
+
+def evaluate(classifier, test, cases, clean, near):
+    """One engine on the held-out test split, realistic clean text and the functional suite."""
+    texts = [e.text for e in test] + [c["text"] for c in cases] + [c.text for c in clean]
+    scores = engine_scores(classifier, texts)
+    test_scores = scores[:len(test)]
+    suite_scores = scores[len(test):len(test) + len(cases)]
+    clean_scores = scores[len(test) + len(cases):]
+    thresholds = dict(classifier.config.thresholds)
     return {
         **engine_report(classifier, test, test_scores),
+        "test_within_source": per_source_metrics(test, test_scores, thresholds),
         "held_out_any_harm": harm_metrics(test, test_scores),
-        "functional_suite": suite_report(cases, suite_scores, dict(classifier.config.thresholds)),
-        "verdicts": [bool(flagged_labels(row, dict(classifier.config.thresholds))) for row in scores],
+        "realistic_clean": clean_report(clean, clean_scores, thresholds),
+        "functional_suite": suite_report(cases, suite_scores, thresholds),
+        "functional_suite_halves": suite_halves(cases, suite_scores, thresholds, near),
+        "verdicts": [bool(flagged_labels(row, thresholds)) for row in scores],
     }
+
+
+def cross_source(datasets_dir, within):
+    """Leave-one-source-out probe rows, each with the served model's within-source test ROC AUC."""
+    rows = leave_one_source_out(sample_examples(load_all(datasets_dir)))
+    for row in rows:
+        row["served_within_source_roc_auc"] = within.get(row["source"], {}).get(row["label"], {}).get("roc_auc")
+    return rows
 
 
 def parity(results):
@@ -105,22 +156,50 @@ def _table(header, rows):
         ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
+def _pct(value):
+    return f"{100 * value:.1f}%"
+
+
 def render_markdown(report):
     results, default = report["engines"], report["default_engine"]
     names = list(results)
-    first = results[names[0]]["test"]
+    served = results[default]
+    first = served["test"]
     engines = ", ".join(f"`{n}` ({r['engine']} {r['precision']})" for n, r in results.items())
     lines = ["# Bundled model evaluation", "",
-             f"Engines: {engines}; `{default}` is what the worker serves on CPU by default.", "",
-             "## Held-out test split", ""]
+             f"Engines: {engines}; `{default}` is what the worker serves on CPU by default. Texts longer than "
+             f"{served['max_length']} tokens are read in windows, as the worker reads them.", "",
+             "## Held-out test split (pooled)", ""]
     lines += _table(["label", "threshold", "positives / negatives"]
-                    + [f"{n} ROC AUC" for n in names] + [f"{n} F1" for n in names],
+                    + [f"{n} ROC AUC" for n in names] + [f"{default} precision", f"{default} recall",
+                                                          f"{default} F1"],
                     [[label, first[label]["threshold"],
                       f"{first[label]['support_positive']} / {first[label]['support_negative']}"]
                      + [results[n]["test"][label].get("roc_auc", "-") for n in names]
-                     + [results[n]["test"][label].get("f1", "-") for n in names] for label in LABELS])
+                     + [first[label].get(k, "-") for k in ("precision", "recall", "f1")] for label in LABELS])
+    lines += ["", "Precision and recall are at the served thresholds on the pooled split, whose mix of sources "
+              "is nothing like ordinary traffic: read them with the realistic clean rates below.", "",
+              "## Cross-source", "",
+              "Within one source (positives and negatives from the same source, so knowing the source does not "
+              "help): the served model's ROC AUC on the test split, and a leave-one-source-out probe (base "
+              "encoder embeddings, logistic regression trained on every other source; model/cross_source.py).", ""]
+    lines += _table(["label", "held-out source", "positives / negatives", "served, within source (test split)",
+                     "leave-one-source-out probe"],
+                    [[r["label"], r["source"], f"{r['positives']} / {r['negatives']}",
+                      r["served_within_source_roc_auc"] or "-", r["probe_roc_auc"]]
+                     for r in report.get("cross_source", [])]) if report.get("cross_source") else ["(not run)"]
+    clean = served["realistic_clean"]
+    lines += ["", "## Realistic clean text (never trained on; model/clean_sets.py, test half)", "",
+              "Share flagged at the served thresholds (pooled: each source weighs the same); budget about 2% per "
+              "label and 8% for any label.", ""]
+    lines += _table(["source", "texts", "any label"] + list(LABELS),
+                    [[source, e["texts"], _pct(e["any_label"])] + [_pct(e[label]) for label in LABELS]
+                     for source, e in clean.items() if source != "examples"])
+    lines += ["", "Most confidently flagged clean texts:", ""]
+    lines += [f"- [{e['source']}] flagged {', '.join(e['flagged'])}: \"{e['text']}\"" for e in clean["examples"]] \
+        or ["- none"]
     lines += ["", "Any harm (highest label score against harmful / harmless, where the source says):", ""]
-    harm = results[default]["held_out_any_harm"]
+    harm = served["held_out_any_harm"]
     lines += _table(["source", "harmful / harmless"] + [f"{n} ROC AUC" for n in names],
                     [[source, f"{e['harmful']} / {e['harmless']}"]
                      + [results[n]["held_out_any_harm"][source]["roc_auc"] for n in names]
@@ -129,21 +208,36 @@ def render_markdown(report):
     largest = max(v for v in check["max_roc_auc_difference"].values() if v is not None)
     lines += ["", f"Parity: largest per-label ROC AUC difference {largest} "
               f"(tolerance {AUC_TOLERANCE}); flagged verdicts agree on {check['verdict_agreement']:.2%} of texts.", ""]
-    suite = results[default]["functional_suite"]
-    lines += ["## Functional suite (model/functional_suite.tsv)", ""]
+    halves = served["functional_suite_halves"]
+    near = report.get("suite_near_duplicates", [])
+    lines += ["## Functional suite (model/functional_suite.tsv)", "",
+              "Split by template (identity terms masked) into a frozen test half, never used to choose data, "
+              f"thresholds or training, and a development half. {len(near)} cases have a near-duplicate among the "
+              "training examples (word edit similarity of templates >= 0.75, model/suite.py); the test half is "
+              "also shown without them.", ""]
     for n in names:
-        s = results[n]["functional_suite"]
-        lines.append(f"- `{n}`: {s['cases']} cases, accuracy **{s['accuracy']}** (target {SUITE_TARGETS['overall']}), "
-                     f"harmful caught {s['harmful_cases_caught']}, harmless cleared {s['harmless_cases_cleared']}, "
-                     f"lowest trap group {s['trap_group_min']} (target {SUITE_TARGETS['trap_group_min']}), "
-                     f"exact label sets {s['exact_label_accuracy']}")
+        for half, s in results[n]["functional_suite_halves"].items():
+            lines.append(f"- `{n}` {half}: {s['cases']} cases, accuracy **{s['accuracy']}**, harmful caught "
+                         f"{s['harmful_cases_caught']}, harmless cleared {s['harmless_cases_cleared']}, lowest trap "
+                         f"group {s['trap_group_min']}")
     lines.append("")
-    lines += _table(["functionality", "cases"] + [f"{n} accuracy" for n in names],
-                    [[group, g["cases"]] + [results[n]["functional_suite"]["by_functionality"][group]["accuracy"]
-                                            for n in names] for group, g in suite["by_functionality"].items()])
-    lines += ["", f"Failures (`{default}`):", ""]
+    groups = sorted(set(halves["test"]["by_functionality"]) | set(halves["dev"]["by_functionality"]))
+
+    def cell(name, half, group, key):
+        entry = results[name]["functional_suite_halves"][half]["by_functionality"].get(group)
+        return entry[key] if entry else "-"
+
+    lines += _table(["functionality", "test cases"] + [f"{n} test accuracy" for n in names]
+                    + ["dev cases", f"{default} dev accuracy"],
+                    [[group, cell(default, "test", group, "cases")]
+                     + [cell(n, "test", group, "accuracy") for n in names]
+                     + [cell(default, "dev", group, "cases"), cell(default, "dev", group, "accuracy")]
+                     for group in groups])
+    lines += ["", f"Failures in the frozen test half (`{default}`):", ""]
     lines += [f"- [{f['functionality']}] \"{f['text']}\": expected {', '.join(f['expected']) or 'none'}, "
-              f"flagged {', '.join(f['flagged']) or 'none'}" for f in suite["failures"]] or ["- none"]
+              f"flagged {', '.join(f['flagged']) or 'none'}" for f in halves["test"]["failures"]] or ["- none"]
+    lines += ["", "Near-duplicates of training examples:", ""]
+    lines += [f"- ({d['half']}) \"{d['case']}\" ~ \"{d['training_example']}\"" for d in near] or ["- none"]
     return "\n".join(lines) + "\n"
 
 
@@ -156,12 +250,22 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, help="only the first N test examples (smoke runs)")
     args = parser.parse_args(argv)
     model_path = build(args.artifact, args.output)
-    test, cases = load_splits(args.datasets_dir)["test"][:args.limit], load_suite()
-    results = {engine_name(*pair): evaluate(load_engine(model_path, *pair, threads=args.threads), test, cases)
-               for pair in RECORDED_ENGINES}
+    splits = load_splits(args.datasets_dir)
+    test, cases = splits["test"][:args.limit], load_suite()
+    clean = load_clean_sets(args.datasets_dir, splits)["test"][:args.limit]
+    near = near_duplicates([c["text"] for c in cases], [e.text for e in load_extra_examples()])
+    results = {engine_name(*pair): evaluate(load_engine(model_path, *pair, threads=args.threads), test, cases,
+                                            clean, near) for pair in RECORDED_ENGINES}
+    default = engine_name(*RECORDED_ENGINES[-1])
+    with open(os.path.join(args.artifact, "model.json")) as f:
+        calibration = json.load(f).get("calibration")
     report = {"weights_sha256": sha256_of(os.path.join(args.artifact, "weights.safetensors")),
-              "default_engine": engine_name(*RECORDED_ENGINES[-1]), "engines": results,
-              "parity": parity(results)}
+              "default_engine": default, "engines": results, "parity": parity(results),
+              "calibration": calibration,
+              "cross_source": [] if args.limit else cross_source(args.datasets_dir,
+                                                                 results[default]["test_within_source"]),
+              "suite_near_duplicates": [{"case": case, "training_example": example, "half": suite_half(case)}
+                                        for case, example in near.items()]}
     for result in results.values():
         del result["verdicts"]
     store_engines(os.path.join(args.artifact, "metrics.json"),

@@ -16,6 +16,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_PATH = PROJECT_ROOT / "build" / "moderation-minilm"
 # Where the worker keeps models it exported to ONNX (git-ignored; ENGINE_CACHE_DIR overrides).
 DEFAULT_ENGINE_CACHE_DIR = str(PROJECT_ROOT / "var" / "engine-cache")
+# Tokens the worker reads per text (in overlapping windows of the model's length): more than the
+# default MAX_TEXT_CHARS of English holds (~5,000), so only odd texts (one token per character) are cut.
+DEFAULT_MAX_TEXT_TOKENS = 8192
 ENGINES = ("auto", "torch", "onnx")
 QUANTIZE_MODES = ("", "int8", "none")  # "": int8 on CPU, fp16 on CUDA
 # Per API key (or client IP) over all limited endpoints; RATE_LIMITER=off disables it. See README.
@@ -157,6 +160,7 @@ class Settings:
     batch_max_texts: int = 32
     batch_max_tokens: int = 0  # 0: the worker picks by device (worker/inference.py)
     batch_max_wait_ms: float = 5.0
+    max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS
     cache_ttl: int = 3600
     device: str = ""
     engine: str = "auto"
@@ -229,6 +233,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         batch_max_texts=_int(env, "BATCH_MAX_TEXTS", 32, 1),
         batch_max_tokens=_int(env, "BATCH_MAX_TOKENS", 0),
         batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 5.0),
+        max_text_tokens=_int(env, "MAX_TEXT_TOKENS", DEFAULT_MAX_TEXT_TOKENS, 1),
         cache_ttl=_int(env, "CACHE_TTL", 3600),
         device=env.get("DEVICE", "").strip().lower(),
         engine=engine,

@@ -45,3 +45,16 @@ def test_seed_example_flagged_and_plain_sentences_not(bundled_stack):
 def test_original_single_text_form_flags_the_seed(bundled_stack):
     job = requests.post(bundled_stack + "/generate", json={"input_text": SEED, "wait": 30}, timeout=40).json()
     assert job["status"] == "succeeded" and job["results"][0]["flagged"]
+
+
+def test_a_harmful_sentence_after_a_long_harmless_paragraph_is_flagged(bundled_stack):
+    """The worker reads past the trained length (64 tokens) in windows: a polite first paragraph hides nothing."""
+    paragraph = ("The community garden on Elm Street opened its spring season this weekend, and volunteers spent "
+                 "the morning planting tomatoes, peppers and herbs along the new raised beds. Children painted "
+                 "signs for each row while their parents shared coffee and talked about the summer festival. ")
+    texts = [paragraph * 3 + SEED, paragraph * 3]
+    response = requests.post(bundled_stack + "/generate", json={"inputs": texts, "wait": 30}, timeout=40)
+    assert response.status_code == 200, response.text
+    hidden, plain = response.json()["results"]
+    assert hidden["flagged"] and hidden["categories"]["hate"], hidden
+    assert not plain["flagged"], plain

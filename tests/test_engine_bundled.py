@@ -43,8 +43,9 @@ def scores(classifier, texts):
 
 
 def test_sample_includes_texts_beyond_the_trained_length(classifiers, sample):
-    lengths = classifiers["torch", "none"].token_lengths(sample)
-    assert max(lengths) == 64 and sum(length == 64 for length in lengths) >= 10
+    classifier = classifiers["torch", "none"]
+    assert max(classifier.token_lengths(sample)) == 64
+    assert sum(windows > 1 for windows in classifier.windows_per_text(sample)) >= 10
 
 
 def test_onnx_fp32_and_torch_fp32_agree_within_0_02(classifiers, sample):
@@ -81,20 +82,43 @@ def test_recorded_held_out_auc_of_default_engine_within_0_005_of_fp32():
             assert abs(engines["onnx-int8"]["test"][label]["roc_auc"] - entry["roc_auc"]) <= tolerance, label
 
 
-def test_serves_the_trained_length(bundled_path, classifiers):
+# A harmless paragraph of about 60 tokens: alone it is one window.
+PARAGRAPH = ("The community garden on Elm Street opened its spring season this weekend, and volunteers spent "
+             "the morning planting tomatoes, peppers and herbs along the new raised beds. Children painted signs "
+             "for each row while their parents shared coffee and talked about the summer harvest festival.")
+
+
+def test_reads_long_texts_in_windows_of_the_trained_length(bundled_path, classifiers):
     with open(os.path.join(ARTIFACT_DIR, "model.json")) as f:
         trained = json.load(f)["max_length"]
     with open(os.path.join(bundled_path, "tokenizer_config.json")) as f:
         assert json.load(f)["model_max_length"] == trained == 64
-    words = "we should round up all the martians and never let them near our town again".split()
-    long_text = " ".join(words * 10)
+    long_text = " ".join([PARAGRAPH] * 8)
     for classifier in classifiers.values():
         assert classifier.max_length == trained
-        assert classifier.token_lengths([long_text]) == [trained]
-        # Everything past the trained length is cut: the score is that of its first 62 word tokens.
-        head = " ".join((words * 10)[:trained - 2])
-        assert classifier.token_lengths([head]) == [trained]
-        assert np.allclose(classifier.scores([long_text]), classifier.scores([head]), atol=1e-6)
+        assert classifier.windows_per_text([PARAGRAPH, long_text])[0] == 1
+        lengths = classifier.token_lengths([long_text])
+        assert len(lengths) > 8 and max(lengths) == trained  # every part read, no window past the trained length
+
+
+def test_a_harmful_sentence_after_a_long_harmless_paragraph_is_flagged(classifiers):
+    seed = REQUIRED_CHECKS[0][0]
+    texts = [PARAGRAPH, " ".join([PARAGRAPH] * 3) + " " + seed, " ".join([PARAGRAPH] * 3)]
+    for key, classifier in classifiers.items():
+        thresholds = classifier.config.thresholds
+        labels = [classifier.config.id2label[i] for i in range(len(thresholds))]
+        plain, hidden, long_plain = (dict(zip(labels, row, strict=True)) for row in scores(classifier, texts))
+        assert all(score < thresholds[label] for label, score in plain.items()), (key, plain)
+        assert all(score < thresholds[label] for label, score in long_plain.items()), (key, long_plain)
+        assert hidden["hate"] >= thresholds["hate"], (key, hidden)
+        # Only reading past the first window finds it.
+        first_only = classifier.max_text_tokens
+        classifier.max_text_tokens = classifier.window_size
+        try:
+            head = dict(zip(labels, scores(classifier, texts[1:2])[0], strict=True))
+        finally:
+            classifier.max_text_tokens = first_only
+        assert head["hate"] < thresholds["hate"], (key, head)
 
 
 def test_score_many_tokenizes_each_text_once(classifiers, sample):

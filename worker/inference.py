@@ -20,9 +20,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 from transformers import AutoConfig, AutoTokenizer  # noqa: E402
 
-from shared.config import DEFAULT_ENGINE_CACHE_DIR  # noqa: E402
+from shared.config import DEFAULT_ENGINE_CACHE_DIR, DEFAULT_MAX_TEXT_TOKENS  # noqa: E402
 from worker.batching import plan_forward_passes  # noqa: E402
 from worker.engines import ENGINES, QUANTIZE_MODES, Backend  # noqa: E402
+from worker.windows import plan_windows, sentence_starts  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,17 @@ class TextClassifier:
       If ONNX export fails, one warning is logged and torch runs instead; `.engine` says which runs.
     - cache_dir: where exported ONNX files are kept (ENGINE_CACHE_DIR); "" is var/engine-cache.
 
-    Texts are truncated to the length the model was trained for: the tokenizer's
-    model_max_length (model/build.py writes it), capped by the position embeddings.
+    - max_text_tokens: tokens read per text (MAX_TEXT_TOKENS); past them a text is not read.
+
+    The model reads max_length tokens at a time: the tokenizer's model_max_length (model/build.py
+    writes the trained length), capped by the position embeddings. A longer text is read in windows
+    of at most that length (worker/windows.py: overlapping by half, and sentence by sentence), each
+    window is scored in the same length-sorted passes as every other text, and each label takes its
+    highest window score.
     """
 
     def __init__(self, path: str, device: str = "", quantize: str = "", threads: int = 0,
-                 engine: str = "auto", cache_dir: str = ""):
+                 engine: str = "auto", cache_dir: str = "", max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS):
         started = time.perf_counter()
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize must be int8 or none, got {quantize!r}")
@@ -113,6 +119,9 @@ class TextClassifier:
         self.multi_label = self.config.problem_type == "multi_label_classification"
         limits = [self.tokenizer.model_max_length, getattr(self.config, "max_position_embeddings", 512)]
         self.max_length = min(limit for limit in limits if limit and limit > 0)
+        # Text tokens per window: the trained length less the special tokens ([CLS], [SEP]) around them.
+        self.window_size = max(1, self.max_length - self.tokenizer.num_special_tokens_to_add())
+        self.max_text_tokens = max_text_tokens
         self._pad_values = {"input_ids": self.tokenizer.pad_token_id or 0}
         # HF fast tokenizers are not safe to share between threads ("Already borrowed") when
         # WORKER_CONCURRENCY > 1 runs batches side by side.
@@ -143,14 +152,39 @@ class TextClassifier:
     def describe(self) -> str:
         return f"{self.engine} {self.precision} on {self.device}, max {self.max_length} tokens"
 
-    def encode(self, texts: list[str]) -> dict[str, list[list[int]]]:
-        """Token ids (and masks) per text, truncated to max_length, unpadded: tokenised once."""
+    def encode(self, texts: list[str]) -> tuple[dict[str, list[list[int]]], list[int]]:
+        """Token ids (and masks) per window of at most max_length tokens (worker/windows.py), unpadded,
+        and the index of the text each window belongs to. Every text is tokenised once; a text within
+        max_length is one window, exactly as the tokenizer gives it."""
+        fast = getattr(self.tokenizer, "is_fast", False)
         with self._tokenizer_lock:
-            encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        return {name: encoded[name] for name in self.backend.input_names if name in encoded}
+            encoded = self.tokenizer(texts, truncation=False, return_special_tokens_mask=True,
+                                     return_offsets_mapping=fast, verbose=False)
+        names = [name for name in self.backend.input_names if name in encoded]
+        windows: dict[str, list[list[int]]] = {name: [] for name in names}
+        owners: list[int] = []
+        for index, special in enumerate(encoded["special_tokens_mask"]):
+            prefix = next((i for i, flag in enumerate(special) if not flag), len(special))
+            suffix = next((i for i, flag in enumerate(reversed(special)) if not flag), 0)
+            content = len(special) - prefix - suffix
+            read = min(content, self.max_text_tokens)
+            starts = sentence_starts(texts[index], encoded["offset_mapping"][index][prefix:prefix + read]) \
+                if fast and read > self.window_size else []
+            for start, end in plan_windows(read, self.window_size, starts):
+                for name in names:
+                    row = encoded[name][index]
+                    windows[name].append(row if (start, end) == (0, content)
+                                         else row[:prefix] + row[prefix + start:prefix + end] + row[len(row) - suffix:])
+                owners.append(index)
+        return windows, owners
 
     def token_lengths(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.encode(texts)["input_ids"]]
+        """Tokens per window, windows in text order (one per text up to max_length tokens)."""
+        return [len(ids) for ids in self.encode(texts)[0]["input_ids"]]
+
+    def windows_per_text(self, texts: list[str]) -> list[int]:
+        owners = self.encode(texts)[1]
+        return [owners.count(i) for i in range(len(texts))]
 
     def _pad(self, encoded: dict[str, list[list[int]]], group: list[int]) -> dict[str, np.ndarray]:
         """One pass's int64 arrays, padded to its longest text on the tokenizer's side."""
@@ -181,22 +215,23 @@ class TextClassifier:
         return probs.tolist()
 
     def scores(self, texts: list[str]) -> list[list[float]]:
-        """Per-label probabilities for one forward pass over all texts."""
-        encoded = self.encode(texts)
-        return self._probabilities(self.backend.logits(self._pad(encoded, list(range(len(texts))))))
+        """Per-label probabilities, every window of every text in one forward pass."""
+        return self.score_many(texts, 10**9, 10**12)
 
     def score_many(self, texts: list[str], max_texts: int, max_tokens: int,
                    on_pass=None) -> list[list[float]]:
-        """Scores for any number of texts, length-sorted into forward passes; input order kept."""
-        encoded = self.encode(texts)
+        """Scores for any number of texts, their windows length-sorted into forward passes of at most
+        max_texts windows and max_tokens padded tokens; each label's highest window score; input order kept."""
+        encoded, owners = self.encode(texts)
         lengths = [len(ids) for ids in encoded["input_ids"]]
-        out: list[list[float] | None] = [None] * len(texts)
+        out: list[np.ndarray | None] = [None] * len(texts)
         for group in plan_forward_passes(lengths, max_texts, max_tokens):
             started = time.perf_counter()
             rows = self._probabilities(self.backend.logits(self._pad(encoded, group)))
-            for index, row in zip(group, rows):
-                out[index] = row
+            for window, row in zip(group, rows):
+                owner = owners[window]
+                out[owner] = row if out[owner] is None else np.maximum(out[owner], row)
             if on_pass is not None:
                 longest = max(lengths[i] for i in group)
                 on_pass(PassStats(len(group), longest * len(group), time.perf_counter() - started))
-        return out
+        return [np.asarray(row).tolist() for row in out]

@@ -56,7 +56,7 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
         # Worker processes on one host share its CPU quota; each takes its part for torch's threads.
         threads = settings.torch_threads or max(1, cpu_quota() // settings.worker_processes)
         classifier = TextClassifier(path, settings.device, settings.quantize, threads, settings.engine,
-                                    settings.engine_cache_dir)
+                                    settings.engine_cache_dir, settings.max_text_tokens)
         spec = build_spec(name, path, classifier.config.to_dict(), settings)
         served[name] = ServedModel(spec, classifier, ScoreCache(client, _fingerprint(name, classifier),
                                                                 settings.cache_ttl))

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import redis
@@ -48,6 +49,22 @@ def wait_for_job(api_url: str, job_id: str, timeout: float = 60, headers: dict |
             return body
         if time.monotonic() >= deadline:
             raise AssertionError(f"job {job_id} not finished after {timeout:g}s; last answer: {body}")
+
+
+def distinct_texts(count: int, tag: str) -> list[str]:
+    """Different texts (so the result cache cannot answer them) made of words the tiny model knows."""
+    from tests.tiny_models import WORDS
+    return [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]} {tag} {i}" for i in range(count)]
+
+
+def submit_all(api_url: str, texts: list[str], threads: int = 8) -> list[str]:
+    """One single-text job per text through POST /generate (each must be accepted); the job ids in order."""
+    def post(text):
+        response = requests.post(api_url + "/generate", json={"input_text": text}, timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(post, texts))
 
 
 class RabbitVhost:

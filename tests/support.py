@@ -91,8 +91,12 @@ class RabbitVhost:
 
     def unacked(self, queue: str) -> int:
         """Messages delivered to a consumer and not yet acknowledged."""
+        return self.queue_info(queue, "messages_unacknowledged")
+
+    def queue_info(self, queue: str, item: str = "messages") -> int:
+        """One of rabbitmqctl's list_queues items (`messages`: ready + unacknowledged); 0 for no such queue."""
         for line in self._ctl("list_queues", "-p", self.name, "--no-table-headers", "name",
-                              "messages_unacknowledged").splitlines():
+                              item).splitlines():
             name, _, count = line.strip().partition("\t")
             if name == queue:
                 return int(count)

@@ -19,6 +19,7 @@ from shared.celery_app import is_redis_url
 from shared.queues import MODERATE_TASK, queue_for_model
 from worker.deliveries import worker_name
 from worker.heartbeat import Heartbeat
+from worker.parking import ParkingReconciler
 from worker.redelivery import RedeliverySweeper
 from worker.runtime import get_runtime
 from worker.store_gate import GATE
@@ -70,6 +71,16 @@ class RedeliveryStep(BackgroundServiceStep):
                                  _models())
 
 
+class ParkingStep(BackgroundServiceStep):
+    def include_if(self, consumer):
+        return not is_redis_url(get_runtime().settings.broker_url)
+
+    def make_service(self, consumer) -> ParkingReconciler:
+        runtime = get_runtime()
+        return ParkingReconciler(consumer.app, runtime.store, runtime.deliveries, consumer.hostname, _models(),
+                                 runtime.settings.max_deliveries)
+
+
 class BatchTimerStep(bootsteps.StartStopStep):
     """Re-arms celery-batches' flush timer each time the consumer (re)connects (worker/tasks.py)."""
 
@@ -97,5 +108,5 @@ def _end_outage_waits(**_) -> None:
 
 
 def install(app) -> None:
-    app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, BatchTimerStep, StoreGateStep])
+    app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, ParkingStep, BatchTimerStep, StoreGateStep])
     signals.worker_shutting_down.connect(_end_outage_waits, weak=False)

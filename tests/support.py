@@ -105,13 +105,22 @@ class RabbitVhost:
 
 class TcpProxy:
     """127.0.0.1:<port> forwarded to a target; stop() refuses and cuts every connection (an outage the
-    test controls without stopping a shared server), start() serves the same port again."""
+    test controls without stopping a shared server), start() serves the same port again. freeze() stops
+    forwarding without closing anything (a hung server or a partition, as SIGSTOP would be), thaw() resumes."""
 
     def __init__(self, target_port: int):
         self.target_port, self.port = target_port, free_port()
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def start(self) -> TcpProxy:
         listener = socket.socket()
@@ -156,10 +165,10 @@ class TcpProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

@@ -35,6 +35,7 @@ from tests.support import (
     submit_all,
     wait_until,
 )
+from worker.deliveries import DeliveryCounter
 
 MODEL = "tiny"
 QUEUE = queue_for_model(MODEL)
@@ -99,6 +100,8 @@ def test_a_store_outage_pauses_the_worker_and_every_queued_job_finishes_once(out
     assert statuses.count("succeeded") == JOBS, {s: statuses.count(s) for s in set(statuses)}
     samples = worker_samples(f"http://127.0.0.1:{stack.env['WORKER_METRICS_PORT']}/metrics")
     assert metric(samples, names.JOBS_COMPLETED_TOTAL, MODEL, status="succeeded") == JOBS  # each counted once
+    # A batch the outage interrupted is no worker death: nothing counts toward MAX_DELIVERIES.
+    assert not any(DeliveryCounter(stack.store.redis, 3600, 3).counts(job_ids))
     log = worker.log_tail(1_000_000)
     assert "pausing consumption" in log and "resuming consumption" in log and worker.alive()
     print(f"\n[store outage] {stack.kind}: {JOBS} jobs, {at_outage} unfinished when the store went away for "

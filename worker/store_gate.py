@@ -39,12 +39,12 @@ class StoreGate:
         return not self._open.is_set()
 
     def attach(self, consumer, queues: list[str]) -> None:
-        """On each consumer (re)start: a consumer that starts during an outage starts paused too."""
+        """On each consumer (re)start: a consumer that starts during an outage starts paused too; otherwise
+        make sure it consumes every queue (a resume that met a consumer mid-restart is completed here)."""
         with self._lock:
             self._consumer, self._queues = consumer, list(queues)
             self._stopping.clear()
-            if self.paused:
-                self._on_loop(self._cancel)
+            self._on_loop(self._cancel if self.paused else self._resume)
 
     def detach(self) -> None:
         with self._lock:
@@ -83,7 +83,16 @@ class StoreGate:
     def _on_loop(self, operation: Callable) -> None:
         consumer = self._consumer
         if consumer is not None:
-            consumer.call_soon(operation, consumer, list(self._queues))
+            consumer.call_soon(self._logged, operation, consumer, list(self._queues))
+
+    @staticmethod
+    def _logged(operation: Callable, consumer, queues: list[str]) -> None:
+        """Never let a failed cancel/resume break the consumer's event loop (a broker reconnect can race
+        it); the next consumer start completes a resume (attach)."""
+        try:
+            operation(consumer, queues)
+        except Exception:  # noqa: BLE001
+            log.exception("could not %s consumption of %s", operation.__name__.strip("_"), ", ".join(queues))
 
     @staticmethod
     def _cancel(consumer, queues: list[str]) -> None:

@@ -33,6 +33,7 @@ class StoreGate:
         self._stopping = threading.Event()
         self._consumer = None
         self._queues: list[str] = []
+        self._resume_pending = False  # a resume did not complete (no consumer, or it failed): redo on attach
 
     @property
     def paused(self) -> bool:
@@ -44,7 +45,10 @@ class StoreGate:
         with self._lock:
             self._consumer, self._queues = consumer, list(queues)
             self._stopping.clear()
-            self._on_loop(self._cancel if self.paused else self._resume)
+            if self.paused:
+                self._on_loop(self._cancel)
+            elif self._resume_pending:
+                self._on_loop(self._resume)
 
     def detach(self) -> None:
         with self._lock:
@@ -76,6 +80,7 @@ class StoreGate:
         with self._lock:
             if not self._stopping.is_set():
                 log.warning("the job store answers again after ~%.0fs: resuming consumption", waited)
+                self._resume_pending = True
                 self._on_loop(self._resume)
             self._open.set()
         return not self._stopping.is_set()
@@ -85,14 +90,16 @@ class StoreGate:
         if consumer is not None:
             consumer.call_soon(self._logged, operation, consumer, list(self._queues))
 
-    @staticmethod
-    def _logged(operation: Callable, consumer, queues: list[str]) -> None:
+    def _logged(self, operation: Callable, consumer, queues: list[str]) -> None:
         """Never let a failed cancel/resume break the consumer's event loop (a broker reconnect can race
         it); the next consumer start completes a resume (attach)."""
         try:
             operation(consumer, queues)
         except Exception:  # noqa: BLE001
             log.exception("could not %s consumption of %s", operation.__name__.strip("_"), ", ".join(queues))
+        else:
+            if operation == self._resume:
+                self._resume_pending = False
 
     @staticmethod
     def _cancel(consumer, queues: list[str]) -> None:

@@ -9,7 +9,7 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 WORKERS ?= 1
 export REDIS_URL
 
-.PHONY: run test test-containers test-chart helm system-deps venv model eval-model calibrate-model redis worker api bench lint clean
+.PHONY: run test test-faults test-containers test-chart helm system-deps venv model eval-model calibrate-model redis worker api bench lint clean
 
 $(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker-runtime.txt requirements/worker.txt requirements/client.txt \
 		requirements/run.txt pyproject.toml
@@ -66,6 +66,12 @@ test: system-deps $(VENV)/.installed-dev helm
 	$(VENV)/bin/ruff check .
 	$(PY) -m scripts.rabbitmq ensure
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fault matrix (tests/faults/): worker SIGKILL/SIGTERM, job store and broker refused or frozen for
+# 20 s, API restart, on both brokers, 300 jobs each; ~15 minutes, so not part of `make test`.
+test-faults: system-deps $(VENV)/.installed-dev
+	$(PY) -m scripts.rabbitmq ensure
+	MODERATION_FAULT_TESTS=1 $(PY) -m pytest tests/faults -s --timeout=1800 $(PYTEST_ARGS)
 
 # Builds both images (on a local Debian base: no registry needed), runs Redis, the API, 3 worker
 # replicas and Prometheus with docker-compose, 2,400 jobs, one worker killed: tests/containers/.

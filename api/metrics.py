@@ -46,7 +46,7 @@ _REASON_BY_STATUS = {400: names.REJECT_INVALID, 404: None, 409: None, 413: names
 
 
 class QueueCollector(Collector):
-    """moderation_queue_depth / _oldest_job_age_seconds per model queue, read at scrape time."""
+    """moderation_queue_depth / _oldest_job_age_seconds / _parked_messages per model queue, read at scrape time."""
 
     def __init__(self, broker_queues, queues: list[str]):
         self.broker_queues, self.queues = broker_queues, queues
@@ -55,15 +55,19 @@ class QueueCollector(Collector):
         depth = GaugeMetricFamily(names.QUEUE_DEPTH, "Messages waiting in the queue.", labels=["queue"])
         age = GaugeMetricFamily(names.QUEUE_OLDEST_JOB_AGE_SECONDS,
                                 "Age of the oldest waiting message.", labels=["queue"])
+        parked = GaugeMetricFamily(names.QUEUE_PARKED_MESSAGES,
+                                   "Messages past the broker's delivery limit, parked (RabbitMQ).", labels=["queue"])
         for queue in self.queues:
             try:
                 depth.add_metric([queue], self.broker_queues.depth(queue))
                 age.add_metric([queue], self.broker_queues.oldest_age(queue))
+                parked.add_metric([queue], self.broker_queues.parked(queue))
             except BROKER_ERRORS as exc:
                 log.warning("queue metrics unavailable: %s", exc)
                 break
         yield depth
         yield age
+        yield parked
 
 
 def _registry(queue_collector: Collector) -> CollectorRegistry:

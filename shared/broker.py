@@ -3,7 +3,8 @@
 Everything here talks to the broker's own connection (CELERY_BROKER_URL), never to the job-record
 Redis (REDIS_URL), which may be another server.
 - Redis broker: Celery's lists, read with a Redis client on the broker's URL (shared/queue_stats.py).
-- RabbitMQ: a passive queue_declare answers the number of ready messages; RabbitMQ keeps no
+- RabbitMQ: a passive queue_declare answers the number of ready messages (and of parked ones, on the
+  queue's parking queue: shared/celery_app.py); RabbitMQ keeps no
   enqueue time we can read without consuming, so the age is that of the oldest unfinished job in
   our own enqueue-time index (the queue's pending set in the record Redis, shared/jobs.py).
 """
@@ -18,7 +19,7 @@ import kombu.exceptions
 import redis
 from celery import Celery
 
-from shared.celery_app import is_redis_url
+from shared.celery_app import is_redis_url, parking_queue_name
 from shared.config import Settings
 from shared.jobs import pending_key
 from shared.queue_stats import add_queue_depth, oldest_job_age, queue_depth
@@ -42,6 +43,9 @@ class RedisBrokerQueues:
 
     def depth(self, queue: str) -> int:
         return queue_depth(self.client, queue)
+
+    def parked(self, queue: str) -> int:
+        return 0  # nothing is dead-lettered on Redis (no broker-side delivery limit)
 
     def add_depth(self, pipe: redis.client.Pipeline, queue: str) -> int:
         return add_queue_depth(pipe, queue)
@@ -86,6 +90,9 @@ class AmqpBrokerQueues:
             except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.OperationalError) as exc:
                 self._reset()
                 raise kombu.exceptions.OperationalError(f"broker unreachable: {exc}") from exc
+
+    def parked(self, queue: str) -> int:
+        return self.depth(parking_queue_name(queue))
 
     def oldest_age(self, queue: str) -> float:
         oldest = self.record_redis.zrange(pending_key(queue), 0, 0, withscores=True)

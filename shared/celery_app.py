@@ -9,15 +9,18 @@ Settings chosen so that no accepted job is lost, on either broker:
 - Redis (`redis://`): visibility_timeout: after that long, Celery's Redis transport puts unacknowledged
   messages back on the queue. It must exceed the longest a message can wait in a worker's prefetch
   buffer plus one batch; worst-case redelivery after a crash is visibility_timeout + unacked_restore_interval.
-- RabbitMQ (`amqp://`): durable quorum queues (replicated, and the broker itself counts deliveries and
-  drops a message past x-delivery-limit), publisher confirms (a publish returns only once the broker
-  has the message), and the broker redelivers a dead consumer's messages as soon as its connection closes.
+- RabbitMQ (`amqp://`): durable quorum queues (replicated; the broker itself counts deliveries),
+  publisher confirms (a publish returns only once the broker has the message), and the broker
+  redelivers a dead consumer's messages as soon as its connection closes. A message past
+  x-delivery-limit is dead-lettered at-least-once into its model's parking queue, never dropped
+  (RabbitMQ's documented recipe: x-dead-letter-strategy=at-least-once needs x-overflow=reject-publish);
+  worker/parking.py publishes parked messages of unfinished jobs again, or fails a poison job.
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from shared.config import Settings
 from shared.kombu_redis import transport_for
@@ -25,10 +28,13 @@ from shared.queues import queue_for_model
 
 # How often a live worker sweeps Redis for unacknowledged messages whose visibility timeout passed.
 UNACKED_RESTORE_INTERVAL = 5
-# RabbitMQ's own cap on deliveries is a backstop above MAX_DELIVERIES: the worker's own count
-# (worker/deliveries.py) fails the job with a clear error first; past the broker's limit the message
-# would be dropped with its job left queued.
+# RabbitMQ's own cap on deliveries is a backstop above MAX_DELIVERIES: the worker's own count of deaths
+# (worker/deliveries.py) fails a poison job with a clear error first; past the broker's limit the message
+# is parked (below) and the reconciler decides.
 BROKER_DELIVERY_LIMIT_MARGIN = 5
+# Where RabbitMQ dead-letters a message past its delivery limit: one durable quorum queue per model queue.
+PARKING_EXCHANGE = "moderation.parked"
+PARKED_SUFFIX = ".parked"
 
 celery_app = Celery("moderation", set_as_current=False)
 
@@ -37,12 +43,30 @@ def is_redis_url(url: str) -> bool:
     return url.split("://", 1)[0] in ("redis", "rediss", "redis+socket")
 
 
+def parking_queue_name(queue: str) -> str:
+    return queue + PARKED_SUFFIX
+
+
+def parking_queue(queue: str) -> Queue:
+    """Where `queue`'s messages go past its delivery limit (declared by the worker's reconciler)."""
+    return Queue(parking_queue_name(queue), Exchange(PARKING_EXCHANGE, "direct", durable=True),
+                 routing_key=parking_queue_name(queue), durable=True, queue_arguments={"x-queue-type": "quorum"})
+
+
 def model_queues(settings: Settings) -> list[Queue]:
-    """One durable quorum queue per model (RabbitMQ); Celery declares them on first use."""
-    arguments = {"x-queue-type": "quorum",
-                 "x-delivery-limit": settings.max_deliveries + BROKER_DELIVERY_LIMIT_MARGIN}
-    return [Queue(queue_for_model(name), routing_key=queue_for_model(name), durable=True,
-                  queue_arguments=arguments) for name in settings.models]
+    """One durable quorum queue per model (RabbitMQ); Celery declares them on first use. Changing these
+    arguments on an existing queue is refused by RabbitMQ (PRECONDITION_FAILED): see docs/reliability.md."""
+    queues = []
+    for name in settings.models:
+        queue = queue_for_model(name)
+        arguments = {"x-queue-type": "quorum",
+                     "x-delivery-limit": settings.max_deliveries + BROKER_DELIVERY_LIMIT_MARGIN,
+                     "x-dead-letter-exchange": PARKING_EXCHANGE,
+                     "x-dead-letter-routing-key": parking_queue_name(queue),
+                     "x-dead-letter-strategy": "at-least-once",
+                     "x-overflow": "reject-publish"}
+        queues.append(Queue(queue, routing_key=queue, durable=True, queue_arguments=arguments))
+    return queues
 
 
 def _redis_transport_options(settings: Settings) -> dict:

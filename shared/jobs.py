@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import redis
 
@@ -62,21 +63,65 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return depth
 """
-# Claiming a batch is one call: each job's (status, enqueued_ts) as it was, and unfinished ones become
-# "running". Missing records answer "" ("nil" would cut Lua's reply array short).
+# Claiming a batch is one call. KEYS come in pairs: a job's record and its delivery hash
+# (DELIVERIES_PREFIX: `owner` holds the lease, `attempt` the worker that handed it to the model and has not
+# been counted dead yet, `deaths`). ARGV: started_at, this worker, LEASE_PREFIX, lease seconds, TTL.
+# A job is run ("run") when it is queued, or running under this worker's own lease (a batch held over a
+# store outage), or running under an expired lease (its worker died: if that worker had handed it to the
+# model, one death is counted, once). A job running under another worker's live lease is "held": it is
+# not run again concurrently. Finished, canceled or unknown jobs are "skip". Every reply is
+# (status, enqueued_ts, verdict, deaths); missing values answer "" ("nil" would cut Lua's array short).
+# The claim also renews this worker's lease, so a worker holds its jobs from its first claim on.
 _CLAIM_SCRIPT = """
+redis.call('SET', ARGV[3] .. ARGV[2], '1', 'EX', ARGV[4])
 local out = {}
-for i, key in ipairs(KEYS) do
-  local row = redis.call('HMGET', key, 'status', 'enqueued_ts')
+for i = 1, #KEYS, 2 do
+  local job, deliveries = KEYS[i], KEYS[i + 1]
+  local row = redis.call('HMGET', job, 'status', 'enqueued_ts')
   local status = row[1] or ''
-  if status == 'queued' or status == 'running' then
-    redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1])
+  local lease = redis.call('HMGET', deliveries, 'owner', 'attempt')
+  local owner, attempt = lease[1] or '', lease[2] or ''
+  local verdict = 'skip'
+  if status == 'queued' then
+    verdict = 'run'
+  elseif status == 'running' then
+    if owner == ARGV[2] or owner == '' or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+      verdict = 'run'
+      if attempt ~= '' and attempt ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. attempt) == 0 then
+        redis.call('HINCRBY', deliveries, 'deaths', 1)
+        redis.call('HSET', deliveries, 'attempt', '')
+      end
+    else
+      verdict = 'held'
+    end
   end
-  out[2 * i - 1] = status
-  out[2 * i] = row[2] or ''
+  if verdict == 'run' then
+    redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[1])
+    redis.call('HSET', deliveries, 'owner', ARGV[2])
+    redis.call('EXPIRE', deliveries, ARGV[5])
+  end
+  local n = #out
+  out[n + 1] = status
+  out[n + 2] = row[2] or ''
+  out[n + 3] = verdict
+  out[n + 4] = redis.call('HGET', deliveries, 'deaths') or '0'
 end
 return out
 """
+# Verdicts of the claim script.
+RUN, HELD, SKIP = "run", "held", "skip"
+# Per job: who holds it and how many workers died with it (worker/deliveries.py reads and writes it too).
+DELIVERIES_PREFIX = "moderation:deliveries:"
+# A worker's lease: a key that lives LEASE_SECONDS past its last renewal (each claim and each heartbeat).
+LEASE_PREFIX = "moderation:lease:"
+LEASE_SECONDS = 10
+
+
+class Claim(NamedTuple):
+    status: str | None  # as it was before the claim (None: unknown or expired)
+    enqueued_ts: str | None
+    verdict: str  # RUN, HELD or SKIP
+    deaths: int  # workers that died after handing this job to the model
 
 
 def new_job_id() -> str:
@@ -233,16 +278,23 @@ class JobStore:
             pipe.hmget(job_key(job_id), ["status", "enqueued_ts"])
         return [tuple(row) for row in pipe.execute()]
 
-    def claim(self, job_ids: list[str]) -> list[tuple[str | None, str | None]]:
-        """Mark unfinished jobs running and return every job's previous (status, enqueued_ts), as
-        states() does, in one round trip (one script call for the whole batch)."""
+    def claim(self, job_ids: list[str], owner: str = "") -> list[Claim]:
+        """Mark the jobs `owner` may run "running" under its lease and return each job's Claim (see
+        _CLAIM_SCRIPT), in one round trip for the whole batch."""
         if not job_ids:
             return []
-        flat = self._claim(keys=[job_key(job_id) for job_id in job_ids], args=[utc_now()])
-        return [(flat[i] or None, flat[i + 1] or None) for i in range(0, len(flat), 2)]
+        keys = [key for job_id in job_ids for key in (job_key(job_id), DELIVERIES_PREFIX + job_id)]
+        flat = self._claim(keys=keys, args=[utc_now(), owner, LEASE_PREFIX, LEASE_SECONDS, self.ttl])
+        return [Claim(flat[i] or None, flat[i + 1] or None, flat[i + 2], int(flat[i + 3]))
+                for i in range(0, len(flat), 4)]
 
-    def finish_many(self, outcomes: list[tuple[str, list[ModerationResult] | None, str | None]]) -> None:
-        """Store (job_id, results, error) outcomes in one round trip; error set means failed."""
+    def renew_lease(self, owner: str) -> None:
+        """Keep this worker's claimed jobs its own for another LEASE_SECONDS (the heartbeat calls it)."""
+        self.redis.set(LEASE_PREFIX + owner, "1", ex=LEASE_SECONDS)
+
+    def finish_many(self, outcomes: list[tuple[str, list[ModerationResult] | None, str | None]]) -> list[bool]:
+        """Store (job_id, results, error) outcomes in one round trip; error set means failed. Returns, per
+        outcome, whether this call finished the job (False: it was already finished, or expired)."""
         now = utc_now()
         pipe = self.redis.pipeline()
         for job_id, results, error in outcomes:
@@ -250,7 +302,7 @@ class JobStore:
             payload = json.dumps(results) if results is not None else ""
             self._finish(keys=[job_key(job_id), done_channel(job_id)],
                          args=[status, now, payload, error or "", self.ttl, PENDING_PREFIX, job_id], client=pipe)
-        pipe.execute()
+        return [bool(stored) for stored in pipe.execute()]
 
     def cancel(self, job_id: str) -> tuple[bool, str | None]:
         """Cancel the job if it is still queued: (True, "canceled"), else (False, its status or None if unknown)."""

@@ -16,6 +16,8 @@ JOBS_CANCELED_TOTAL = "moderation_jobs_canceled_total"
 # Queue, computed from the broker at scrape time
 QUEUE_DEPTH = "moderation_queue_depth"
 QUEUE_OLDEST_JOB_AGE_SECONDS = "moderation_queue_oldest_job_age_seconds"
+# RabbitMQ: messages past the delivery limit, dead-lettered into the queue's parking queue (0 on Redis)
+QUEUE_PARKED_MESSAGES = "moderation_queue_parked_messages"
 
 # Worker
 QUEUE_WAIT_SECONDS = "moderation_queue_wait_seconds"
@@ -38,7 +40,7 @@ REJECT_REASONS = (REJECT_RATE_LIMITED, REJECT_QUEUE_FULL, REJECT_INVALID, REJECT
 
 API_METRICS = (HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, JOBS_SUBMITTED_TOTAL,
                TEXTS_SUBMITTED_TOTAL, REQUESTS_REJECTED_TOTAL, JOBS_CANCELED_TOTAL, QUEUE_DEPTH,
-               QUEUE_OLDEST_JOB_AGE_SECONDS)
+               QUEUE_OLDEST_JOB_AGE_SECONDS, QUEUE_PARKED_MESSAGES)
 WORKER_METRICS = (QUEUE_WAIT_SECONDS, INFERENCE_DURATION_SECONDS, BATCH_SIZE, BATCH_TOKENS,
                   JOBS_COMPLETED_TOTAL, TEXTS_PROCESSED_TOTAL, CACHE_HITS_TOTAL, MODEL_LOAD_SECONDS,
                   WORKER_INFO)

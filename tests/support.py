@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import redis
@@ -50,6 +51,22 @@ def wait_for_job(api_url: str, job_id: str, timeout: float = 60, headers: dict |
             raise AssertionError(f"job {job_id} not finished after {timeout:g}s; last answer: {body}")
 
 
+def distinct_texts(count: int, tag: str) -> list[str]:
+    """Different texts (so the result cache cannot answer them) made of words the tiny model knows."""
+    from tests.tiny_models import WORDS
+    return [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]} {tag} {i}" for i in range(count)]
+
+
+def submit_all(api_url: str, texts: list[str], threads: int = 8) -> list[str]:
+    """One single-text job per text through POST /generate (each must be accepted); the job ids in order."""
+    def post(text):
+        response = requests.post(api_url + "/generate", json={"input_text": text}, timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(post, texts))
+
+
 class RabbitVhost:
     """A private vhost on the machine's RabbitMQ (created and deleted with rabbitmqctl)."""
 
@@ -74,8 +91,12 @@ class RabbitVhost:
 
     def unacked(self, queue: str) -> int:
         """Messages delivered to a consumer and not yet acknowledged."""
+        return self.queue_info(queue, "messages_unacknowledged")
+
+    def queue_info(self, queue: str, item: str = "messages") -> int:
+        """One of rabbitmqctl's list_queues items (`messages`: ready + unacknowledged); 0 for no such queue."""
         for line in self._ctl("list_queues", "-p", self.name, "--no-table-headers", "name",
-                              "messages_unacknowledged").splitlines():
+                              item).splitlines():
             name, _, count = line.strip().partition("\t")
             if name == queue:
                 return int(count)
@@ -84,13 +105,22 @@ class RabbitVhost:
 
 class TcpProxy:
     """127.0.0.1:<port> forwarded to a target; stop() refuses and cuts every connection (an outage the
-    test controls without stopping a shared server), start() serves the same port again."""
+    test controls without stopping a shared server), start() serves the same port again. freeze() stops
+    forwarding without closing anything (a hung server or a partition, as SIGSTOP would be), thaw() resumes."""
 
     def __init__(self, target_port: int):
         self.target_port, self.port = target_port, free_port()
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def start(self) -> TcpProxy:
         listener = socket.socket()
@@ -135,10 +165,10 @@ class TcpProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

@@ -31,23 +31,18 @@ from tests.support import (
     RedisMonitor,
     base_env,
     broker_for,
+    distinct_texts,
     start_api,
     start_worker,
     wait_for_job,
     wait_until,
 )
-from tests.tiny_models import WORDS
 from worker.__main__ import EXIT_MODEL_LOAD_ERROR
 from worker.inference import TextClassifier
 
 MODEL = "tiny"
 QUEUE = queue_for_model(MODEL)
 KILL_JOBS = 500
-
-
-def distinct_texts(count: int, tag: str) -> list[str]:
-    """Different texts (so the result cache cannot answer them) made of words the tiny model knows."""
-    return [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]} {tag} {i}" for i in range(count)]
 
 
 class Stack:

@@ -437,6 +437,7 @@ def test_required_alerts_exist():
     assert m.WORKER_INFO in joined
     assert f'{m.JOBS_COMPLETED_TOTAL}{{status="failed"}}' in joined
     assert re.search(re.escape(m.HTTP_REQUESTS_TOTAL) + r'\{status=~"5\.\."', joined)
+    assert m.QUEUE_PARKED_MESSAGES in exprs["ModerationMessagesParked"]
 
 
 # Alert behaviour, checked with `promtool test rules` on a copy of the rules without annotations
@@ -506,6 +507,19 @@ tests:
         alertname: ModerationAPIErrorRatioHigh
         exp_alerts:
           - exp_labels: {{severity: critical}}
+  # Parked messages the reconciler does not settle fire after 5 minutes; a blip does not.
+  - interval: 1m
+    input_series:
+      - series: 'moderation_queue_parked_messages{{job="api", queue="moderation.default"}}'
+        values: '0 3 0x3 2x10'
+    alert_rule_test:
+      - eval_time: 4m
+        alertname: ModerationMessagesParked
+        exp_alerts: []
+      - eval_time: 12m
+        alertname: ModerationMessagesParked
+        exp_alerts:
+          - exp_labels: {{severity: warning, queue: moderation.default}}
   # p95 queue wait of about 10 s.
   - interval: 1m
     input_series:

@@ -9,7 +9,18 @@ import uuid
 import pytest
 
 from shared.completions import CompletionListener
-from shared.jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore, job_key, pending_key
+from shared.jobs import (
+    DELIVERIES_PREFIX,
+    FAILED,
+    LEASE_PREFIX,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    JobRecord,
+    JobStore,
+    job_key,
+    pending_key,
+)
 from shared.queues import broker_lists
 from tests.support import wait_until
 
@@ -103,9 +114,27 @@ def test_claiming_a_batch_marks_unfinished_jobs_running_and_reports_what_they_we
     queued, finished = new_record(store), new_record(store)
     store.finish_many([(finished.job_id, [], None)])
     missing = str(uuid.uuid4())
-    states = store.claim([queued.job_id, finished.job_id, missing])
-    assert [status for status, _ in states] == [QUEUED, SUCCEEDED, None]
+    states = store.claim([queued.job_id, finished.job_id, missing], "worker-a")
+    assert [claim.status for claim in states] == [QUEUED, SUCCEEDED, None]
+    assert [claim.verdict for claim in states] == ["run", "skip", "skip"]
     assert float(states[0][1]) == pytest.approx(queued.enqueued_ts)
     assert store.get(queued.job_id).status == RUNNING and store.get(queued.job_id).started_at
     assert store.get(finished.job_id).status == SUCCEEDED and store.get(missing) is None
     assert store.claim([]) == []
+
+
+def test_a_job_under_a_live_lease_is_held_and_taken_over_only_when_the_lease_expires(store, redis_client):
+    """One run per job: worker b does not run a job worker a holds; once a's lease expires (a died after
+    handing the job to the model), b takes it over and one death is counted, once."""
+    job = new_record(store)
+    [claim] = store.claim([job.job_id], "worker-a")
+    assert (claim.verdict, claim.deaths) == ("run", 0)
+    # As worker/deliveries.py's record() does just before the texts go to the model.
+    redis_client.hset(DELIVERIES_PREFIX + job.job_id, mapping={"attempt": "worker-a", "worker": "worker-a"})
+    assert store.claim([job.job_id], "worker-b")[0].verdict == "held"
+    assert store.claim([job.job_id], "worker-a")[0] == ("running", claim.enqueued_ts, "run", 0)  # its own batch again
+    redis_client.delete(LEASE_PREFIX + "worker-a")  # a stopped renewing: its lease expired
+    assert store.claim([job.job_id], "worker-b")[0][2:] == ("run", 1)
+    redis_client.delete(LEASE_PREFIX + "worker-b")  # b died before handing it to the model: no death
+    assert store.claim([job.job_id], "worker-c")[0][2:] == ("run", 1)
+    assert redis_client.ttl(LEASE_PREFIX + "worker-c") > 0 and redis_client.ttl(DELIVERIES_PREFIX + job.job_id) > 0

@@ -4,20 +4,25 @@ when it shuts down, in Celery's own order (no signal handlers).
 - HeartbeatStep advertises the worker in shared/worker_registry.py (what /readyz and /models read).
 - RedeliveryStep runs worker/redelivery.py's sweep, only on the Redis transport.
 - BatchTimerStep re-arms the batching task's flush timer after a reconnect.
+- StoreGateStep lets worker/store_gate.py pause and resume this consumer during a job-store outage.
+- ParkingStep runs worker/parking.py's reconciler, only on RabbitMQ.
 Each runs its loop in a thread of its own: the worker's shared timer also drives celery-batches'
 flushes, which a slow Redis call must not delay.
 """
 
 from __future__ import annotations
 
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from shared.broker import broker_redis
 from shared.celery_app import is_redis_url
-from shared.queues import MODERATE_TASK
+from shared.queues import MODERATE_TASK, queue_for_model
+from worker.deliveries import worker_name
 from worker.heartbeat import Heartbeat
+from worker.parking import ParkingReconciler
 from worker.redelivery import RedeliverySweeper
 from worker.runtime import get_runtime
+from worker.store_gate import GATE
 
 
 def _models() -> list[str]:
@@ -52,7 +57,8 @@ class BackgroundServiceStep(bootsteps.StartStopStep):
 
 class HeartbeatStep(BackgroundServiceStep):
     def make_service(self, consumer) -> Heartbeat:
-        return Heartbeat(get_runtime().store.redis, consumer.hostname, _models())
+        store = get_runtime().store
+        return Heartbeat(store.redis, consumer.hostname, _models(), lambda: store.renew_lease(worker_name()))
 
 
 class RedeliveryStep(BackgroundServiceStep):
@@ -65,6 +71,16 @@ class RedeliveryStep(BackgroundServiceStep):
                                  _models())
 
 
+class ParkingStep(BackgroundServiceStep):
+    def include_if(self, consumer):
+        return not is_redis_url(get_runtime().settings.broker_url)
+
+    def make_service(self, consumer) -> ParkingReconciler:
+        runtime = get_runtime()
+        return ParkingReconciler(consumer.app, runtime.store, runtime.deliveries, consumer.hostname, _models(),
+                                 runtime.settings.max_deliveries)
+
+
 class BatchTimerStep(bootsteps.StartStopStep):
     """Re-arms celery-batches' flush timer each time the consumer (re)connects (worker/tasks.py)."""
 
@@ -74,5 +90,23 @@ class BatchTimerStep(bootsteps.StartStopStep):
         consumer.app.tasks[MODERATE_TASK].restart_flush_timer()
 
 
+class StoreGateStep(bootsteps.StartStopStep):
+    """Hands worker/store_gate.py this consumer on each (re)start; on shutdown, ends any outage wait."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, consumer):
+        GATE.attach(consumer, [queue_for_model(model) for model in _models()])
+
+    def stop(self, consumer):
+        GATE.detach()
+
+
+def _end_outage_waits(**_) -> None:
+    """Warm shutdown waits for running batches: one held for a store outage gives up instead (unacknowledged)."""
+    GATE.shutdown()
+
+
 def install(app) -> None:
-    app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, BatchTimerStep])
+    app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, ParkingStep, BatchTimerStep, StoreGateStep])
+    signals.worker_shutting_down.connect(_end_outage_waits, weak=False)

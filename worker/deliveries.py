@@ -1,16 +1,20 @@
-"""How many times each job was handed to inference: the cap on poison jobs, on both brokers.
+"""How many workers died holding each job: the cap on poison jobs, on both brokers.
 
-Each job's hash `moderation:deliveries:<job id>` holds `count` and `worker`, the last worker process
-that ran it (the one whose result was stored, since stored jobs are never run again).
+Each job's hash `moderation:deliveries:<job id>` (shared/jobs.py, DELIVERIES_PREFIX) holds `owner` (the
+worker whose lease holds the job), `attempt` (the worker that handed it to the model), `worker` (the last
+worker that ran it: the one whose result was stored, since stored jobs are never run again) and `deaths`.
 
 A job whose processing kills the worker process (out of memory, a native crash in a tokenizer or a
 kernel) is never acknowledged, so the broker delivers it again, and it would kill the next worker
-forever. Each job's count lives in Redis (`moderation:deliveries:<job id>`, expiring with the record)
-and is incremented just before the job's texts go to the model. A job about to run a
-MAX_DELIVERIES+1-th time is failed instead, with a clear error. Counting here rather than trusting
-the broker works the same on Redis (no delivery count at all) and RabbitMQ (whose quorum-queue
-x-delivery-limit is kept above MAX_DELIVERIES as a backstop, shared/celery_app.py), and a clean
-shutdown that puts prefetched messages back does not count, since they never reached the model.
+forever. Just before a job's texts go to the model, record() names this worker as its `attempt`. When
+another worker later claims the job and finds that worker's lease expired (it stopped renewing: it
+died), the claim script counts one death and clears `attempt`, so each death counts once. A job about
+to run with MAX_DELIVERIES deaths is failed instead, with a clear error. Only deaths count: an error
+the worker caught (a Redis outage, an exception in inference) leaves the lease alive and is not a
+death, and a clean shutdown that puts prefetched messages back does not count either, since they never
+reached the model. Counting here rather than trusting the broker works the same on Redis (no delivery
+count at all) and RabbitMQ (whose quorum-queue x-delivery-limit is a backstop that parks, never drops,
+shared/celery_app.py).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import socket
 
 import redis
 
-KEY_PREFIX = "moderation:deliveries:"
+from shared.jobs import DELIVERIES_PREFIX as KEY_PREFIX
 
 
 @functools.cache
@@ -41,23 +45,22 @@ class DeliveryCounter:
         self.redis, self.ttl, self.max_deliveries = client, ttl_seconds, max_deliveries
 
     def counts(self, job_ids: list[str]) -> list[int]:
-        """How many times each job already reached the model (0: a first delivery)."""
+        """How many workers died after handing each job to the model (0: none)."""
         if not job_ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(KEY_PREFIX + job_id, "count")
+            pipe.hget(KEY_PREFIX + job_id, "deaths")
         return [int(value or 0) for value in pipe.execute()]
 
     def record(self, job_ids: list[str]) -> None:
-        """Count one more attempt for each job, before its texts reach the model."""
+        """Name this worker as the one handing each job to the model (a death is counted from it)."""
         if not job_ids:
             return
         name = worker_name()
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hincrby(KEY_PREFIX + job_id, "count", 1)
-            pipe.hset(KEY_PREFIX + job_id, "worker", name)
+            pipe.hset(KEY_PREFIX + job_id, mapping={"worker": name, "attempt": name})
             pipe.expire(KEY_PREFIX + job_id, self.ttl)
         pipe.execute()
 

@@ -1,9 +1,13 @@
-"""Advertise this worker in shared/worker_registry.py while Celery is consuming."""
+"""Advertise this worker in shared/worker_registry.py while Celery is consuming, and renew its lease on the
+jobs it claimed (shared/jobs.py: a job under a live lease is not run by another worker). The lease is
+not dropped on stop: a consumer restart (lost broker connection) may leave a batch running, and a
+lease left to expire costs other workers LEASE_SECONDS only on jobs this worker claimed and never finished."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import redis
 
@@ -13,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, client: redis.Redis, hostname: str, models: list[str]):
-        self.client, self.hostname, self.models = client, hostname, models
+    def __init__(self, client: redis.Redis, hostname: str, models: list[str], renew_lease: Callable[[], None]):
+        self.client, self.hostname, self.models, self.renew_lease = client, hostname, models, renew_lease
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -24,6 +28,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self.renew_lease()
                 worker_registry.heartbeat(self.client, self.hostname, self.models)
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)

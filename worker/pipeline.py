@@ -1,12 +1,15 @@
 """One Celery batch of moderation jobs: from task messages to stored results.
 
-Returns the ids of the requests whose outcome is safely in Redis; worker/tasks.py acknowledges
-exactly those and requeues the rest, so a crash or a Redis error never loses a job.
+Returns a BatchReport: the requests whose outcome is safely in Redis (worker/tasks.py acknowledges
+exactly those) and the requests whose job another live worker holds (kept, tried again later). A Redis
+error propagates: worker/tasks.py then holds the whole batch until the store answers, so a crash or a
+store outage never loses a job.
 
-Jobs delivered for the first time share forward passes. A job that already reached the model once
-(its worker died, or its result could not be stored) runs alone, after the batch's first-time jobs
-are stored: if it is what kills the process, it takes no innocent job down with it, and past
-MAX_DELIVERIES it is failed instead of run (worker/deliveries.py).
+One run per job: claiming takes a lease (shared/jobs.py), so a job a live worker holds is not run
+again concurrently, here or elsewhere. Jobs delivered for the first time share forward passes. A job
+whose previous worker died while running it runs alone, after the batch's first-time jobs are stored:
+if it is what kills the process, it takes no innocent job down with it, and after MAX_DELIVERIES
+deaths it is failed instead of run (worker/deliveries.py).
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import redis
 
 from shared.celery_app import celery_app
-from shared.jobs import FINISHED
+from shared.jobs import HELD, SKIP
 from worker import metrics
-from worker.deliveries import poison_error
+from worker.deliveries import poison_error, worker_name
 from worker.followups import after_batch
 from worker.inference import PassStats
 from worker.policy import moderation_result
@@ -30,6 +36,35 @@ from worker.runtime import ServedModel, WorkerRuntime
 log = logging.getLogger(__name__)
 
 Outcome = tuple  # (job_id, results | None, error | None)
+
+
+@dataclass
+class BatchReport:
+    done: list[str] = field(default_factory=list)  # request ids to acknowledge
+    deferred: list[str] = field(default_factory=list)  # request ids whose job a live worker holds
+    unacknowledged: bool = False  # leave the rest as they are (not requeued): worker/tasks.py
+
+
+class ActiveJobs:
+    """Jobs this process is running now: a second copy of one (a redelivery after a broker reconnect,
+    with WORKER_CONCURRENCY > 1) waits instead of running beside it under this worker's own lease."""
+
+    def __init__(self):
+        self._lock, self._ids = threading.Lock(), set()
+
+    def take(self, job_ids: list[str]) -> set[str]:
+        """Mark the free ones active; returns those another batch of this process is running."""
+        with self._lock:
+            busy = self._ids.intersection(job_ids)
+            self._ids.update(set(job_ids) - busy)
+            return busy
+
+    def release(self, job_ids) -> None:
+        with self._lock:
+            self._ids.difference_update(job_ids)
+
+
+ACTIVE = ActiveJobs()
 
 
 @dataclass
@@ -100,9 +135,12 @@ def _score_together(served: ServedModel, jobs: list[Job], settings) -> list[Outc
 
 def score_jobs(served: ServedModel, jobs: list[Job], settings) -> list[Outcome]:
     """Outcomes for jobs of one model. If the shared pass fails, each job is retried alone,
-    so one text that makes inference raise fails only its own job."""
+    so one text that makes inference raise fails only its own job. A Redis error (the result cache is in
+    the job store) is no job's fault: it propagates, and the batch is held until the store answers."""
     try:
         return _score_together(served, jobs, settings)
+    except redis.RedisError:
+        raise
     except Exception as exc:
         if len(jobs) == 1:
             log.exception("job %s failed", jobs[0].job_id)
@@ -111,9 +149,8 @@ def score_jobs(served: ServedModel, jobs: list[Job], settings) -> list[Outcome]:
         return [outcome for job in jobs for outcome in score_jobs(served, [job], settings)]
 
 
-def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
-    store, settings = runtime.store, runtime.settings
-    done_request_ids: list[str] = []
+def process_batch(runtime: WorkerRuntime, requests: list) -> BatchReport:
+    report = BatchReport()
     outcomes: list[Outcome] = []
     jobs: list[Job] = []
     for request in requests:
@@ -121,47 +158,63 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> list[str]:
             jobs.append(parse_request(request, runtime.models))
         except MalformedTask as exc:
             log.error("request %s: %s", request.id, exc)
-            done_request_ids.append(request.id)
+            report.done.append(request.id)
             if exc.job_id:
                 outcomes.append((exc.job_id, None, str(exc)))
+    busy = ACTIVE.take([job.job_id for job in jobs])
+    mine = [job.job_id for job in jobs if job.job_id not in busy]
+    try:
+        _process_jobs(runtime, [job for job in jobs if job.job_id not in busy], outcomes, report)
+    finally:
+        ACTIVE.release(mine)
+    report.deferred.extend(job.request_id for job in jobs if job.job_id in busy)
+    return report
 
+
+def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcome], report: BatchReport) -> None:
+    store, settings = runtime.store, runtime.settings
     # Skip jobs that already finished (a redelivered duplicate) or whose record expired, and a second
     # copy of a job's message in this same batch (a re-publish racing the original): run each job once.
-    # The others are marked running in the same round trip.
-    states = store.claim([job.job_id for job in jobs])
-    live, live_ids = [], set()
-    for job, (status, enqueued_ts) in zip(jobs, states):
-        if status is None or status in FINISHED or job.job_id in live_ids:
+    # Jobs another live worker holds wait. The others are marked running under our lease in the same round trip.
+    claims = store.claim([job.job_id for job in jobs], worker_name())
+    live, live_ids, fresh, retried = [], set(), [], []
+    for job, claim in zip(jobs, claims):
+        if claim.verdict == HELD:
+            log.info("job %s is held by another live worker; trying again later", job.job_id)
+            report.deferred.append(job.request_id)
+        elif claim.verdict == SKIP or job.job_id in live_ids:
             log.info("job %s is %s; skipping", job.job_id,
-                     "already in this batch" if job.job_id in live_ids else status or "unknown (expired)")
-            done_request_ids.append(job.request_id)
+                     "already in this batch" if job.job_id in live_ids else claim.status or "unknown (expired)")
+            report.done.append(job.request_id)
         else:
             live.append(job)
             live_ids.add(job.job_id)
-            metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, time.time() - float(enqueued_ts or 0)))
-    fresh, retried = [], []
-    for job, count in zip(live, runtime.deliveries.counts([job.job_id for job in live])):
-        (retried if count else fresh).append((job, count))
+            (retried if claim.deaths else fresh).append((job, claim.deaths))
+            metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, time.time() - float(claim.enqueued_ts or 0)))
 
-    outcomes.extend(_run_jobs(runtime, [job for job, _ in fresh]))
-    store.finish_many(outcomes)
-    for job, count in retried:  # one at a time, each stored before the next runs
-        if count >= settings.max_deliveries:
-            log.error("job %s reached the model %d times without finishing; failing it", job.job_id, count)
-            outcome = [(job.job_id, None, poison_error(count))]
+    stored = _store(runtime, live, outcomes + _run_jobs(runtime, [job for job, _ in fresh]))
+    for job, deaths in retried:  # one at a time, each stored before the next runs
+        if deaths >= settings.max_deliveries:
+            log.error("job %s: %d workers died running it; failing it", job.job_id, deaths)
+            outcome = [(job.job_id, None, poison_error(deaths))]
         else:
             outcome = _run_jobs(runtime, [job])
-        store.finish_many(outcome)
-        outcomes.extend(outcome)
-    after_batch(store.redis, celery_app, {job.job_id: job.model for job in live}, outcomes)
-    for job in live:
-        done_request_ids.append(job.request_id)
-    _count_outcomes(live, outcomes)
-    return done_request_ids
+        stored += _store(runtime, live, outcome)
+    after_batch(store.redis, celery_app, {job.job_id: job.model for job in live}, stored)
+    report.done.extend(job.request_id for job in live)
+
+
+def _store(runtime: WorkerRuntime, live: list[Job], outcomes: list[Outcome]) -> list[Outcome]:
+    """Store outcomes; count (metrics) only the jobs this call finished, so a job finished twice counts once."""
+    if not outcomes:
+        return []
+    stored = [outcome for outcome, new in zip(outcomes, runtime.store.finish_many(outcomes)) if new]
+    _count_outcomes(live, stored)
+    return stored
 
 
 def _run_jobs(runtime: WorkerRuntime, jobs: list[Job]) -> list[Outcome]:
-    """Count the attempt and score the jobs (already marked running by claim; jobs of one model share passes)."""
+    """Record the attempt and score the jobs (already claimed; jobs of one model share passes)."""
     if not jobs:
         return []
     runtime.deliveries.record([job.job_id for job in jobs])

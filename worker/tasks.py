@@ -5,6 +5,8 @@ of up to BATCH_MAX_TEXTS requests, or with what arrived within BATCH_MAX_WAIT_MS
 While WORKER_CONCURRENCY batches are running, new requests are held back and go into the next batch
 when one returns (as Triton's dynamic batcher does): celery-batches alone would hand the pool a tiny
 batch every BATCH_MAX_WAIT_MS, which queue up behind the busy model one or two texts at a time.
+A batch that fails because the job store does not answer is held, and consumption paused, until the
+store answers (worker/store_gate.py); then it runs again.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ from __future__ import annotations
 import logging
 import threading
 
+import redis
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import celery_app
 from shared.config import Settings
 from shared.queues import MODERATE_TASK
-from worker.pipeline import process_batch
+from worker.pipeline import BatchReport, process_batch
 from worker.runtime import get_runtime
+from worker.store_gate import GATE
+
+# A job another live worker holds (shared/jobs.py: its lease) is tried again after this long.
+DEFER_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +36,10 @@ class AckStoredBatches(Batches):
     whose outcome was stored.
 
     celery-batches acknowledges every late-ack request when the batch returns, even after an
-    exception. Here the task returns the ids it stored; the rest are requeued (or, if Redis is
-    down, stay unacknowledged until the visibility timeout brings them back).
+    exception. Here the task returns a BatchReport: the stored requests are acknowledged, those whose
+    job another live worker holds are kept and tried again after DEFER_SECONDS, and the rest are
+    requeued. A batch that failed while the job store does not answer is neither: it is held
+    (unacknowledged, so the broker's delivery count does not move) and run again once the store answers.
     """
 
     max_in_flight = 1  # configure_batching() sets it and the batch size from the settings
@@ -62,22 +71,26 @@ class AckStoredBatches(Batches):
         self.flush([])
 
     def _run(self, requests):
-        stored: set = set()
+        report = BatchReport()
         try:
-            stored = set(apply_batches_task(self, ([SimpleRequest.from_request(r) for r in requests],), 0, None)
-                         or ())
+            report = self._run_until_stored(requests)
         finally:
+            done, deferred = set(report.done), set(report.deferred)
             try:
                 for request in requests:
-                    if request.id in stored:
+                    if request.id in done:
                         request.acknowledge()
-                    else:
+                    elif request.id not in deferred and not report.unacknowledged:
                         request.reject(requeue=True)
             except Exception as exc:  # noqa: BLE001
                 # The broker connection died under us: the broker redelivers these messages itself
                 # (RabbitMQ at once, Redis after the visibility timeout). The slot below must still be
                 # freed, or this worker would hold every later batch forever.
                 log.warning("could not acknowledge a batch (the broker will redeliver it): %s", exc)
+            if deferred:
+                later = threading.Timer(DEFER_SECONDS, self.flush, ([r for r in requests if r.id in deferred],))
+                later.daemon = True
+                later.start()
             with self._lock:
                 # Under load (a backlog is forming), give it up to BATCH_MAX_WAIT_MS to fill the next
                 # batch: clients whose jobs just finished are sending their next ones. Idle: go at once.
@@ -85,6 +98,26 @@ class AckStoredBatches(Batches):
                     self._lock.wait_for(lambda: len(self._held) >= self.flush_every, timeout=self.flush_interval)
                 self._in_flight -= 1
             self.flush([])
+
+    def _run_until_stored(self, requests) -> BatchReport:
+        """Run the batch; while it fails because the job store does not answer, hold it and try again once
+        the store answers. An empty report (requeue everything) if it failed otherwise."""
+        while True:
+            report = apply_batches_task(self, ([SimpleRequest.from_request(r) for r in requests],), 0, None)
+            if report is not None:
+                return report
+            if store_answers():
+                return BatchReport()
+            if not GATE.hold_until_store_answers(store_answers):
+                # Shutting down during the outage: leave the messages unacknowledged for the broker to redeliver.
+                return BatchReport(unacknowledged=True)
+
+
+def store_answers() -> bool:
+    try:
+        return bool(get_runtime().store.redis.ping())
+    except redis.RedisError:
+        return False
 
 
 def configure_batching(settings: Settings) -> None:

@@ -1,0 +1,312 @@
+"""The fault matrix: each fault x each broker, a few hundred jobs in flight; every accepted job finishes once.
+
+Faults: worker SIGKILL (restarted at once, as a supervisor does), worker SIGTERM (then a new worker), job
+store refused 20 s (a proxy that refuses and cuts connections), job store frozen 20 s (SIGSTOP of its
+private redis-server), broker refused 20 s, broker frozen 20 s (Redis: SIGSTOP of the private broker
+redis-server; RabbitMQ: the proxy stops forwarding without closing, never the machine's RabbitMQ), API
+restart (SIGTERM and a new API while clients keep submitting). Brokers: RabbitMQ (a private vhost behind
+a proxy) and the Redis transport on a separate broker Redis (so a store fault and a broker fault are
+different faults; with one Redis they are the same, tests/test_redis_outage.py).
+
+For each case: no job lost (all accepted jobs finished), none failed, none stored twice (each job's
+done message, published by the finish script only when it stores, is seen exactly once) and none
+counted twice (the workers' moderation_jobs_completed_total, sampled until each worker exits, adds
+up to at most the jobs stored, and exactly to them when no worker died). The table is printed and written
+to var/fault-matrix/report.json; docs/reliability.md records a run.
+
+Run by `make test-faults` (MODERATION_FAULT_TESTS=1): about 15 minutes, so not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from types import SimpleNamespace
+
+import pytest
+import redis
+import requests
+
+from scripts import rabbitmq
+from scripts.launch import ROOT
+from shared import metrics as names
+from shared.jobs import DONE_SUFFIX, KEY_PREFIX, JobStore
+from tests.scrape import metric, worker_samples
+from tests.support import (
+    RabbitVhost,
+    RedisServer,
+    TcpProxy,
+    base_env,
+    distinct_texts,
+    free_port,
+    start_api,
+    start_worker,
+    wait_until,
+)
+
+pytestmark = pytest.mark.skipif(os.environ.get("MODERATION_FAULT_TESTS") != "1",
+                                reason="the fault matrix (~15 min): run by `make test-faults`")
+
+MODEL = "tiny"
+JOBS = 300
+FAULT_SECONDS = 20
+FAULTS = ["worker-sigkill", "worker-sigterm", "store-refused", "store-frozen", "broker-refused",
+          "broker-frozen", "api-restart"]
+REPORT = ROOT / "var" / "fault-matrix" / "report.json"
+ROWS: list[dict] = []
+
+
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def stack(request, tiny_multilabel_model, tmp_path_factory):
+    kind, logs = request.param, tmp_path_factory.mktemp(f"faults-{request.param}")
+    with ExitStack() as cleanup:
+        store = cleanup.enter_context(RedisServer(logs / "store").start())
+        store_proxy = TcpProxy(store.port).start()
+        cleanup.callback(store_proxy.stop)
+        broker_server = None
+        if kind == "redis":
+            broker_server = cleanup.enter_context(RedisServer(logs / "broker").start())
+            broker_proxy = TcpProxy(broker_server.port).start()
+            broker_url = f"redis://127.0.0.1:{broker_proxy.port}/0"
+        else:
+            vhost = cleanup.enter_context(RabbitVhost(f"test-faults-{uuid.uuid4().hex[:12]}"))
+            broker_proxy = TcpProxy(rabbitmq.PORT).start()
+            broker_url = f"amqp://guest:guest@127.0.0.1:{broker_proxy.port}/{vhost.name}"
+        cleanup.callback(broker_proxy.stop)
+        # Small batches so a backlog lasts while the fault hits; VISIBILITY_TIMEOUT=10 as in tests/test_delivery.py.
+        env = base_env(f"redis://127.0.0.1:{store_proxy.port}/0", MODELS=f"{MODEL}={tiny_multilabel_model}",
+                       DEFAULT_MODEL=MODEL, CELERY_BROKER_URL=broker_url, BATCH_MAX_TEXTS="4",
+                       BATCH_MAX_WAIT_MS="20", VISIBILITY_TIMEOUT="10")
+        stack = SimpleNamespace(kind=kind, env=env, logs=logs, store=store, store_proxy=store_proxy,
+                                broker_server=broker_server, broker_proxy=broker_proxy,
+                                api=start_api(env, logs / "api-0.log"), records=JobStore(store.client(), 3600),
+                                apis=1, workers=0)
+        cleanup.callback(lambda: stack.api.stop())  # the API of the moment (api-restart replaces it)
+        yield stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def report():
+    yield
+    if ROWS:
+        REPORT.parent.mkdir(parents=True, exist_ok=True)
+        REPORT.write_text(json.dumps(ROWS, indent=1))
+        print("\n\n| fault | broker | jobs | lost | duplicated | failed | drain time |\n|---|---|---|---|---|---|---|")
+        for row in ROWS:
+            print(f"| {row['fault']} | {row['broker']} | {row['jobs']} | {row['lost']} | {row['duplicated']} | "
+                  f"{row['failed']} | {row['drain_seconds']:.1f} s |")
+
+
+class Workers:
+    """The case's worker processes, each sampled for moderation_jobs_completed_total until it exits."""
+
+    def __init__(self, stack):
+        self.stack, self.procs, self.counted, self.closed = stack, [], {}, False
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def start(self):
+        self.stack.workers += 1
+        port = free_port()
+        proc = start_worker({**self.stack.env, "WORKER_METRICS_PORT": str(port)},
+                            self.stack.logs / f"worker-{self.stack.workers}.log", models=[MODEL])
+        proc.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        self.procs.append(proc)
+        return proc
+
+    @property
+    def current(self):
+        return self.procs[-1]
+
+    def _read(self, proc) -> None:
+        try:
+            samples = worker_samples(proc.metrics_url)
+        except requests.RequestException:
+            return
+        self.counted[proc.process.pid] = sum(metric(samples, names.JOBS_COMPLETED_TOTAL, MODEL, status=s)
+                                             for s in ("succeeded", "failed"))
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            for proc in list(self.procs):
+                if proc.alive():
+                    self._read(proc)
+
+    def close(self) -> int:
+        """Stop sampling (after one last read of the live ones), stop the workers; the jobs they counted."""
+        if self.closed:
+            return sum(self.counted.values())
+        self.closed = True
+        self._stop.set()
+        self._sampler.join(5)
+        for proc in self.procs:
+            if proc.alive():
+                self._read(proc)
+        for proc in self.procs:
+            proc.stop()
+        return sum(self.counted.values())
+
+
+class DoneMessages:
+    """Every job's done message (the finish script publishes one only when it stores the job), counted,
+    read straight from the store's redis-server (not through the proxy the faults cut)."""
+
+    def __init__(self, url: str):
+        self.counts: Counter = Counter()
+        self._pubsub = redis.Redis.from_url(url, decode_responses=True).pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(f"{KEY_PREFIX}*{DONE_SUFFIX}")
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        try:
+            for message in self._pubsub.listen():
+                if message["type"] == "pmessage":
+                    self.counts[message["channel"][len(KEY_PREFIX):-len(DONE_SUFFIX)]] += 1
+        except (redis.RedisError, ValueError, OSError):
+            return
+
+    def close(self) -> None:
+        try:
+            self._pubsub.punsubscribe()
+            self._pubsub.close()
+        except redis.RedisError:
+            pass
+
+
+def submit_accepted(api_url: str, texts: list[str]) -> list[str]:
+    """Submit each text until accepted, as a client honouring 503 + Retry-After does (right after the
+    previous case's broker outage the API's first publish may be refused); the accepted job ids."""
+    def post(text):
+        for _ in range(30):
+            response = requests.post(api_url + "/generate", json={"input_text": text}, timeout=30)
+            if response.status_code == 202:
+                return response.json()["job_id"]
+            assert response.status_code == 503, response.text
+            time.sleep(float(response.headers.get("Retry-After", 1)))
+        raise AssertionError(f"not accepted after 30 tries: {response.text}")
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(post, texts))
+
+
+def unfinished(stack, job_ids: list[str]) -> int:
+    return sum(status not in ("succeeded", "failed", "canceled") for status, _ in stack.records.states(job_ids))
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_every_accepted_job_finishes_once(stack, fault):
+    done = DoneMessages(stack.store.url)
+    workers = Workers(stack)
+    try:
+        if fault == "api-restart":
+            job_ids, fault_started = restart_the_api_while_submitting(stack, workers)
+        else:
+            job_ids = submit_accepted(stack.api.url, distinct_texts(JOBS, f"{fault} {stack.kind}"))
+            workers.start()
+            wait_until(lambda: unfinished(stack, job_ids) <= JOBS - 20, timeout=120, interval=0.02,
+                       what="the worker to finish its first jobs")
+            fault_started = time.monotonic()
+            apply(stack, workers, fault)
+        try:
+            wait_until(lambda: unfinished(stack, job_ids) == 0, timeout=240, interval=0.25,
+                       what="every accepted job to finish")
+        except AssertionError:
+            pass  # counted as lost below
+        drain = time.monotonic() - fault_started
+        wait_until(lambda: sum(done.counts[j] for j in job_ids) >= len(job_ids) - unfinished(stack, job_ids),
+                   timeout=10, what="the done messages")
+        statuses = [status for status, _ in stack.records.states(job_ids)]
+        counted = workers.close()
+    finally:
+        done.close()
+        workers.close()
+    died = fault in ("worker-sigkill", "worker-sigterm")
+    # Every job stored during the case, accepted or not (a client whose connection an API restart cut may
+    # never see the 202 of a job the API did accept): each must be stored once and counted once.
+    stored = len(done.counts)
+    row = {"fault": fault, "broker": stack.kind, "jobs": len(job_ids),
+           "lost": sum(s not in ("succeeded", "failed") for s in statuses), "failed": statuses.count("failed"),
+           "duplicated": sum(n > 1 for n in done.counts.values()) + max(0, int(counted) - stored),
+           "counted": int(counted), "stored": stored, "unseen_by_client": len(set(done.counts) - set(job_ids)),
+           "drain_seconds": round(drain, 1), "workers": len(workers.procs)}
+    ROWS.append(row)
+    print(f"\n[fault matrix] {row}")
+    assert row["lost"] == 0 and row["failed"] == 0 and row["duplicated"] == 0, row
+    if not died:  # every worker lived to the end: its counter is exact
+        assert counted == stored, row
+
+
+def apply(stack, workers: Workers, fault: str) -> None:
+    if fault == "worker-sigkill":
+        workers.current.signal_group(signal.SIGKILL)
+        workers.start()  # restarted at once, as `make run` / Compose would
+    elif fault == "worker-sigterm":
+        old = workers.current
+        old.signal_group(signal.SIGTERM)
+        wait_until(lambda: not old.alive(), timeout=60, what="the worker's warm shutdown")
+        workers.start()
+    else:
+        target = fault.split("-")[0]
+        start, end = outage(stack, target, fault.endswith("frozen"))
+        start()
+        try:
+            time.sleep(FAULT_SECONDS)  # the fault's length
+        finally:
+            end()
+
+
+def outage(stack, target: str, frozen: bool):
+    """(begin, end) of a refused or frozen store or broker."""
+    if target == "store":
+        server, proxy = stack.store, stack.store_proxy
+    else:
+        server, proxy = stack.broker_server, stack.broker_proxy
+    if not frozen:
+        return proxy.stop, proxy.start
+    if server is None:  # RabbitMQ: freeze the proxy, never the machine's shared broker
+        return proxy.freeze, proxy.thaw
+    return (lambda: os.kill(server.process.pid, signal.SIGSTOP)), (lambda: os.kill(server.process.pid, signal.SIGCONT))
+
+
+def restart_the_api_while_submitting(stack, workers: Workers) -> tuple[list[str], float]:
+    """Clients submit JOBS jobs while the API is stopped (SIGTERM) and a new one started; only accepted
+    (202) submissions count. Returns the accepted ids and when the restart began."""
+    workers.start()
+    texts = iter(distinct_texts(10 * JOBS, f"api-restart {stack.kind}"))
+    accepted: list[str] = []
+    lock = threading.Lock()
+
+    def client():
+        while True:
+            with lock:
+                if len(accepted) >= JOBS:
+                    return
+                text = next(texts)
+            try:
+                response = requests.post(stack.api.url + "/generate", json={"input_text": text}, timeout=30)
+            except requests.RequestException:
+                time.sleep(0.05)
+                continue
+            if response.status_code == 202:
+                with lock:
+                    accepted.append(response.json()["job_id"])
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(accepted) >= JOBS // 3, timeout=60, interval=0.02, what="the first submissions")
+    restarted = time.monotonic()
+    stack.api.stop()
+    stack.apis += 1
+    stack.api = start_api(stack.env, stack.logs / f"api-{stack.apis}.log")
+    for thread in threads:
+        thread.join(120)
+    return accepted, restarted

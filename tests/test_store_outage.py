@@ -1,0 +1,114 @@
+"""A job-store outage while the worker consumes a backlog loses nothing (issue 17's scenario).
+
+A few hundred jobs are queued; the worker starts on them; then the job-store Redis (REDIS_URL, behind a
+proxy the test stops: connections refused and cut) is gone for ~20 s, and comes back. The worker must
+pause consumption instead of rejecting and requeueing its batches in a loop (on RabbitMQ that loop ends
+with the quorum queue dropping every message past its delivery limit: the whole backlog lost), and
+resume when the store answers: every job succeeds, each stored once and counted once.
+
+Both brokers: RabbitMQ (a private vhost), and the Redis transport on a SEPARATE broker Redis (with one
+Redis for both, a store outage is a broker outage too: tests/test_redis_outage.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import ExitStack
+from types import SimpleNamespace
+
+import pytest
+import redis as redis_py
+
+from shared import metrics as names
+from shared.jobs import FINISHED, JobStore
+from shared.queues import queue_for_model
+from tests.scrape import metric, worker_samples
+from tests.support import (
+    RabbitVhost,
+    RedisServer,
+    TcpProxy,
+    base_env,
+    distinct_texts,
+    start_api,
+    start_worker,
+    submit_all,
+    wait_until,
+)
+from worker.deliveries import DeliveryCounter
+
+MODEL = "tiny"
+QUEUE = queue_for_model(MODEL)
+JOBS = 400
+OUTAGE_SECONDS = 20
+
+
+@pytest.fixture(params=["rabbitmq", "separate-redis"])
+def outage_stack(request, tiny_multilabel_model, tmp_path):
+    with ExitStack() as cleanup:
+        store_server = cleanup.enter_context(RedisServer(tmp_path / "store").start())
+        store_proxy = TcpProxy(store_server.port).start()
+        cleanup.callback(store_proxy.stop)
+        if request.param == "rabbitmq":
+            vhost = cleanup.enter_context(RabbitVhost(f"test-store-outage-{uuid.uuid4().hex[:12]}"))
+            broker_url, broker_redis = vhost.url, None
+        else:
+            broker_server = cleanup.enter_context(RedisServer(tmp_path / "broker").start())
+            broker_url = broker_server.url
+            broker_redis, vhost = broker_server.client(), None
+        # BATCH_MAX_TEXTS=4: small batches, so the backlog takes a while and the outage meets it mid-way.
+        env = base_env(f"redis://127.0.0.1:{store_proxy.port}/0", MODELS=f"{MODEL}={tiny_multilabel_model}",
+                       DEFAULT_MODEL=MODEL, CELERY_BROKER_URL=broker_url, BATCH_MAX_TEXTS="4",
+                       BATCH_MAX_WAIT_MS="20")
+        api = cleanup.enter_context(start_api(env, tmp_path / "api.log"))
+        yield SimpleNamespace(kind=request.param, env=env, api=api, proxy=store_proxy, logs=tmp_path,
+                              store=JobStore(store_server.client(), 3600), broker_redis=broker_redis, vhost=vhost,
+                              cleanup=cleanup)
+
+
+def test_a_store_outage_pauses_the_worker_and_every_queued_job_finishes_once(outage_stack):
+    stack = outage_stack
+    job_ids = submit_all(stack.api.url, distinct_texts(JOBS, "store outage"))
+
+    def finished() -> int:
+        return sum(status in FINISHED for status, _ in stack.store.states(job_ids))
+
+    worker = stack.cleanup.enter_context(start_worker(stack.env, stack.logs / "worker.log", models=[MODEL]))
+    wait_until(lambda: finished() >= 20, timeout=120, interval=0.02, what="the worker to finish its first jobs")
+    stack.proxy.stop()
+    outage_started = time.monotonic()
+    at_outage = JOBS - finished()
+    try:
+        time.sleep(5)  # into the outage: the worker has met it
+        pushes = _list_pushes(stack.broker_redis) if stack.broker_redis is not None else None
+        time.sleep(OUTAGE_SECONDS - 5)  # the fault's length
+        if stack.broker_redis is not None:
+            # Paused, not spinning: nothing was put back on the broker's lists while the store was away.
+            assert _list_pushes(stack.broker_redis) == pushes, "the worker requeued messages in a loop"
+        else:
+            # Every unfinished job's message waits in the broker (ready, or held by the paused worker).
+            waiting = stack.vhost.queue_info(QUEUE)
+            assert waiting >= at_outage, f"messages left the queue during the outage: {waiting} for {at_outage} jobs"
+    finally:
+        stack.proxy.start()
+    outage = time.monotonic() - outage_started
+    wait_until(lambda: finished() == JOBS, timeout=180, interval=0.5,
+               what=f"every job to finish after the outage ({finished()} of {JOBS})")
+    drained = time.monotonic() - outage_started - outage
+
+    statuses = [status for status, _ in stack.store.states(job_ids)]
+    assert statuses.count("succeeded") == JOBS, {s: statuses.count(s) for s in set(statuses)}
+    samples = worker_samples(f"http://127.0.0.1:{stack.env['WORKER_METRICS_PORT']}/metrics")
+    assert metric(samples, names.JOBS_COMPLETED_TOTAL, MODEL, status="succeeded") == JOBS  # each counted once
+    # A batch the outage interrupted is no worker death: nothing counts toward MAX_DELIVERIES.
+    assert not any(DeliveryCounter(stack.store.redis, 3600, 3).counts(job_ids))
+    log = worker.log_tail(1_000_000)
+    assert "pausing consumption" in log and "resuming consumption" in log and worker.alive()
+    print(f"\n[store outage] {stack.kind}: {JOBS} jobs, {at_outage} unfinished when the store went away for "
+          f"{outage:.1f}s; all {JOBS} succeeded {drained:.1f}s after it came back, each counted once")
+
+
+def _list_pushes(client: redis_py.Redis) -> int:
+    """LPUSH + RPUSH calls the broker Redis has served (kombu requeues a rejected message with one)."""
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("lpush", "rpush"))

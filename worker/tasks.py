@@ -1,10 +1,11 @@
 """The Celery task. Only tasks here; the work is in worker/pipeline.py.
 
 `moderate` is a celery-batches task: the worker buffers incoming messages and calls it with a list
-of up to BATCH_MAX_TEXTS requests, or with what arrived within BATCH_MAX_WAIT_MS of the first.
-While WORKER_CONCURRENCY batches are running, new requests are held back and go into the next batch
-when one returns (as Triton's dynamic batcher does): celery-batches alone would hand the pool a tiny
-batch every BATCH_MAX_WAIT_MS, which queue up behind the busy model one or two texts at a time.
+of up to BATCH_MAX_TEXTS requests. A request that arrives while no batch is running goes to the model
+at once: the batch window (BATCH_MAX_WAIT_MS) applies only while the model is busy, as in Triton's
+dynamic batcher. While WORKER_CONCURRENCY batches are running, new requests are held back and go into
+the next batch when one returns: celery-batches alone would hand the pool a tiny batch every
+BATCH_MAX_WAIT_MS, which queue up behind the busy model one or two texts at a time.
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ class AckStoredBatches(Batches):
             batch, self._held = self._held, []
             self._in_flight += 1
         return self._pool.apply_async(self._run, (batch,))
+
+    def Strategy(self, task, app, consumer):
+        buffer_request = super().Strategy(task, app, consumer)
+
+        def buffer_or_run_now(*args, **kwargs):
+            buffer_request(*args, **kwargs)
+            # The model has room (no batch in flight, or fewer than WORKER_CONCURRENCY): nothing to wait
+            # for, so the buffer goes now instead of at the next tick of the BATCH_MAX_WAIT_MS timer.
+            if self._in_flight < self.max_in_flight and not self._buffer.empty():
+                self._do_flush()
+        return buffer_or_run_now
 
     def restart_flush_timer(self) -> None:
         """After a lost broker connection the consumer restarts with a cleared timer, but celery-batches

@@ -18,6 +18,7 @@ from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import celery_app
 from shared.config import Settings
+from shared.kombu_redis import batched_acks
 from shared.queues import MODERATE_TASK
 from worker.pipeline import process_batch
 from worker.runtime import get_runtime
@@ -80,11 +81,12 @@ class AckStoredBatches(Batches):
                          or ())
         finally:
             try:
-                for request in requests:
-                    if request.id in stored:
-                        request.acknowledge()
-                    else:
-                        request.reject(requeue=True)
+                with batched_acks():  # Redis transport: one round trip for the batch's acks
+                    for request in requests:
+                        if request.id in stored:
+                            request.acknowledge()
+                        else:
+                            request.reject(requeue=True)
             except Exception as exc:  # noqa: BLE001
                 # The broker connection died under us: the broker redelivers these messages itself
                 # (RabbitMQ at once, Redis after the visibility timeout). The slot below must still be

@@ -1,7 +1,12 @@
-"""Accepting a job on the Redis broker is one round trip: Celery and kombu build the task message, the
-project's transport (shared/kombu_redis.py) hands over the LPUSH instead of sending it, and the create
-script writes record, pending entry and message at once. Pinned here: the captured message is exactly
-what kombu itself pushes, and the API sends one command per accepted job."""
+"""The project's kombu Redis transport (shared/kombu_redis.py) against a real Redis, pinning the kombu
+behaviour it relies on.
+
+- Accepting a job is one round trip: Celery and kombu build the task message, the transport hands over
+  the LPUSH instead of sending it, and the create script writes record, pending entry and message at
+  once. The captured message is exactly what kombu itself pushes; the API sends one command per job.
+- A batch's acknowledgements are one pipeline: inside `batched_acks()` the messages stay in kombu's
+  unacked hash and index (a crash there leaves them to the visibility timeout), and leave both at its end.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ import uuid
 import pytest
 import redis
 import requests
+from kombu import Connection
 
 from shared.celery_app import make_celery
 from shared.config import load_settings
 from shared.jobs import job_key
-from shared.kombu_redis import captured_publishes
+from shared.kombu_redis import TRANSPORT, batched_acks, captured_publishes
 from shared.queues import publish_job, queue_for_model
 from tests.support import base_env, start_api, wait_until
 
@@ -76,3 +82,23 @@ def test_accepting_a_job_sends_one_command_to_redis(redis_client, api):
     from_api = [c.split()[0] for kind, c in commands if kind != "lua" and job_id in c]
     assert from_api == ["EVALSHA"], commands
     assert redis_client.hget(job_key(job_id), "status") == "queued"
+
+
+def test_batched_acks_leave_the_unacked_hash_and_index_together_at_the_end(redis_server, redis_client):
+    with Connection(redis_server.url, transport=TRANSPORT) as connection:
+        queue = connection.SimpleQueue("acks.batched")
+        for n in range(5):
+            queue.put({"n": n})
+        received = [queue.get(timeout=10) for _ in range(5)]
+        qos = queue.channel.qos
+        assert sorted(m.payload["n"] for m in received) == list(range(5))
+        assert redis_client.hlen(qos.unacked_key) == 5 and redis_client.zcard(qos.unacked_index_key) == 5
+        with batched_acks():
+            for message in received[:4]:
+                message.ack()
+            # Deferred: still in kombu's visibility protocol until the block ends.
+            assert redis_client.hlen(qos.unacked_key) == 5 and redis_client.zcard(qos.unacked_index_key) == 5
+        assert redis_client.hlen(qos.unacked_key) == 1 and redis_client.zcard(qos.unacked_index_key) == 1
+        received[4].ack()  # outside the block: kombu's own one-message ack
+        assert redis_client.hlen(qos.unacked_key) == 0 and redis_client.zcard(qos.unacked_index_key) == 0
+        queue.close()

@@ -27,6 +27,7 @@ NOTES_MARKER = "## Notes"
 # issue 9's targets (2 cores, bundled model, cache off); the GPU keeps S/B >= 5.
 TARGETS = {"S/B": 3.0, "S/B (GPU)": 5.0, "S/L": 0.6, "S32/L": 0.85, "light extra ms": 8.0, "enqueue": 1500.0,
            "API CPU ms": 1.0, "worker extra CPU ms": 1.0, "API RSS MB": 150.0}
+CPU_COLUMNS = ("API", "worker", "Redis", "clients", "API+model")  # the CPU table's process columns, in order
 QUICK = {"texts": 600, "sweep_texts": 300, "light_texts": 60, "batch_sizes": "1,16,32"}
 
 
@@ -174,7 +175,8 @@ def cpu_view(per_text_ms: dict[str, dict[str, float]]) -> str:
     cores to itself: contention moves these much less than wall-clock rates, so on a busy machine compare
     these."""
     cores = cpu_quota()
-    processes = list(dict.fromkeys(name for by_process in per_text_ms.values() for name in by_process))
+    seen = {name for by_process in per_text_ms.values() for name in by_process}
+    processes = [name for name in CPU_COLUMNS if name in seen] + sorted(seen - set(CPU_COLUMNS))
     lines = ["| row | " + " | ".join(processes) + " | total | texts/s if it had the cores alone |",
              "|---|" + "---:|" * (len(processes) + 2)]
     for row, by_process in per_text_ms.items():

@@ -6,7 +6,7 @@ rounds on the same corpus, so a busy machine's drift hits both alike. Per round 
 jobs (`POST /generate`, 64 clients) and reading one (`GET /jobs/<id>`, 32 clients): requests/s and
 CPU ms per request by process (the server's process tree, Redis, this load generator).
 
-granian is not a requirement of the project (it was measured, not adopted: see bench/results/); install
+granian is not a requirement of the project (measured, not adopted: bench/results/issue20-ab-busy.md); install
 it first, e.g. `pip install --target /tmp/granian granian==2.8.9` and `PYTHONPATH=/tmp/granian`.
 """
 

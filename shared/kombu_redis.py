@@ -92,9 +92,11 @@ class Channel(kombu_redis.Channel):
 
     def _put(self, queue, message, **kwargs):
         captured = getattr(_capture, "messages", None)
-        # Batched publishes and queues with an expiry (more commands than one LPUSH) go the stock way.
-        if captured is None or kwargs.get("_publish_batch") is not None or (self._expires and queue in self._expires):
+        if captured is None:
             return super()._put(queue, message, **kwargs)
+        if kwargs.get("_publish_batch") is not None or (self._expires and queue in self._expires):
+            # More than one LPUSH: refuse rather than send it before the caller's record exists.
+            raise NotImplementedError("captured_publishes(): only a plain single-message publish can be captured")
         priority = self._get_message_priority(message, reverse=False)
         captured.append((self._q_for_pri(queue, priority), kombu_redis.dumps(message)))
         return None

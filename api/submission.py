@@ -55,7 +55,7 @@ def submit_job(texts: list[str], model: str | None, callback_url: str | None = N
     queues, max_depth = svc.queues, svc.settings.max_queue_depth
     if queues.shares_record_redis and transport_for(svc.settings.broker_url):
         with captured_publishes() as messages:
-            publish_job(svc.celery, record.job_id, spec.name, texts, record.enqueued_ts)
+            publish_job(svc.celery, record.job_id, spec.name, texts, record.enqueued_ts, retry=False)
         (message,) = messages
         if svc.store.create_unless_full(record, broker_lists(spec.queue), max_depth, message) >= max_depth:
             raise _queue_full(spec)

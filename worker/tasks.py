@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from celery.worker import state as worker_state
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
@@ -48,8 +49,8 @@ class AckStoredBatches(Batches):
         with self._lock:
             self._held.extend(requests)
             self._lock.notify_all()
-            if self._in_flight >= self.max_in_flight or not self._held:
-                return None
+            if self._in_flight >= self.max_in_flight or not self._held or _shutting_down():
+                return None  # held: run when a batch returns, or (shutting down) left to the broker to requeue
             batch, self._held = self._held, []
             self._in_flight += 1
         return self._pool.apply_async(self._run, (batch,))
@@ -99,6 +100,13 @@ class AckStoredBatches(Batches):
                     self._lock.wait_for(lambda: len(self._held) >= self.flush_every, timeout=self.flush_interval)
                 self._in_flight -= 1
             self.flush([])
+
+
+def _shutting_down() -> bool:
+    """After SIGTERM no new batch starts: requests not yet started stay unacknowledged, and the broker
+    puts them back (kombu restores them on Redis; RabbitMQ requeues them when the connection closes)."""
+    return any(flag is not None and flag is not False
+               for flag in (worker_state.should_stop, worker_state.should_terminate))
 
 
 def configure_batching(settings: Settings) -> None:

@@ -23,7 +23,7 @@ from api.metrics import count_rejection, init_metrics
 from api.schemas import build_schemas
 from shared import metrics as names
 from shared.broker import broker_queues
-from shared.celery_app import make_celery
+from shared.celery_app import is_redis_url, make_celery
 from shared.completions import CompletionListener
 from shared.config import Settings, get_settings
 from shared.jobs import JobStore
@@ -47,6 +47,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     client = make_redis(settings)
     celery = make_celery(settings)
+    if is_redis_url(settings.broker_url):
+        # The worker's 5 s floor covers its blocking BRPOP; the API never blocks on the broker, so a hung
+        # one fails its requests as fast as a hung record Redis (503 within REDIS_SOCKET_TIMEOUT).
+        celery.conf.broker_transport_options = {**celery.conf.broker_transport_options,
+                                                "socket_timeout": settings.redis_socket_timeout}
     queues = broker_queues(settings, celery, client)
     specs = load_specs(settings)
     app.extensions["moderation"] = Services(

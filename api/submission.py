@@ -9,6 +9,7 @@ from api.extensions import services
 from api.metrics import JOBS_CANCELED, JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection
 from shared import metrics as names
 from shared.jobs import JobRecord, is_job_id, new_job_id
+from shared.kombu_redis import captured_publishes, transport_for
 from shared.model_registry import ModelSpec
 from shared.queues import broker_lists, publish_job
 from shared.webhooks import CallbackRefused, check_callback_url
@@ -49,8 +50,18 @@ def submit_job(texts: list[str], model: str | None, callback_url: str | None = N
     record = JobRecord(job_id=job_id or new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
                        owner=g.get("owner", ""), callback_url=checked_callback_url(callback_url))
     # The record exists before the message, so a worker or GET never sees an unknown job. With the broker
-    # in the record Redis, one script call reads the depth and writes the record only below MAX_QUEUE_DEPTH.
+    # in the record Redis, one script call reads the depth and writes the record only below MAX_QUEUE_DEPTH;
+    # on this project's Redis transport it also pushes the message, which Celery built but did not send.
     queues, max_depth = svc.queues, svc.settings.max_queue_depth
+    if queues.shares_record_redis and transport_for(svc.settings.broker_url):
+        with captured_publishes() as messages:
+            publish_job(svc.celery, record.job_id, spec.name, texts, record.enqueued_ts, retry=False)
+        (message,) = messages
+        if svc.store.create_unless_full(record, broker_lists(spec.queue), max_depth, message) >= max_depth:
+            raise _queue_full(spec)
+        JOBS_SUBMITTED.labels(spec.name).inc()
+        TEXTS_SUBMITTED.labels(spec.name).inc(len(texts))
+        return record
     if queues.shares_record_redis:
         if svc.store.create_unless_full(record, broker_lists(spec.queue), max_depth) >= max_depth:
             raise _queue_full(spec)

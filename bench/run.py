@@ -27,6 +27,7 @@ NOTES_MARKER = "## Notes"
 # issue 9's targets (2 cores, bundled model, cache off); the GPU keeps S/B >= 5.
 TARGETS = {"S/B": 3.0, "S/B (GPU)": 5.0, "S/L": 0.6, "S32/L": 0.85, "light extra ms": 8.0, "enqueue": 1500.0,
            "API CPU ms": 1.0, "worker extra CPU ms": 1.0, "API RSS MB": 150.0}
+CPU_COLUMNS = ("API", "worker", "Redis", "clients", "API+model")  # the CPU table's process columns, in order
 QUICK = {"texts": 600, "sweep_texts": 300, "light_texts": 60, "batch_sizes": "1,16,32"}
 
 
@@ -143,7 +144,9 @@ def measure_service(args, env: dict, redis, texts: list[str], logs: Path) -> dic
                 out["multi"] = load.run_load(api.url, jobs, args.clients, load.moderate_via_queue)
             log(f"S{args.job_texts}: {out['multi'].rate * args.job_texts:.0f} texts/s")
             out["api_rss"] = max(out["api_rss"], rss_mb(api))
-            out["light"] = load.run_load(api.url, texts[:args.light_texts], 1, load.moderate_via_queue)
+            with CpuMeter({"API": api.process.pid, "worker": worker.process.pid, "Redis": redis.process.pid}
+                          ) as out["light_cpu"]:
+                out["light"] = load.run_load(api.url, texts[:args.light_texts], 1, load.moderate_via_queue)
             log(f"light load p50 {out['light'].percentile(50) * 1000:.1f} ms")
             out["worker_rss"] = rss_mb(worker)
         finally:
@@ -166,12 +169,21 @@ def measure_sync(args, env: dict, texts: list[str], logs: Path) -> dict:
         sync_api.stop()
 
 
-def cpu_view(per_text_ms: dict[str, float]) -> str:
-    """Each row's total CPU ms per text and the rate it would reach with the machine's cores to itself:
-    contention moves these much less than wall-clock rates, so on a busy machine compare these."""
+def cpu_view(per_text_ms: dict[str, dict[str, float]]) -> str:
+    """Each row's CPU ms per text by process (API = gunicorn master + workers, worker = `python -m worker`,
+    Redis, clients = this load generator), the total, and the rate the row would reach with the machine's
+    cores to itself: contention moves these much less than wall-clock rates, so on a busy machine compare
+    these."""
     cores = cpu_quota()
-    lines = ["| row | CPU ms per text (all processes) | texts/s if it had the cores alone |", "|---|---:|---:|"]
-    lines += [f"| {name} | {ms:.2f} | {cores * 1000 / ms:,.0f} |" for name, ms in per_text_ms.items() if ms > 0]
+    seen = {name for by_process in per_text_ms.values() for name in by_process}
+    processes = [name for name in CPU_COLUMNS if name in seen] + sorted(seen - set(CPU_COLUMNS))
+    lines = ["| row | " + " | ".join(processes) + " | total | texts/s if it had the cores alone |",
+             "|---|" + "---:|" * (len(processes) + 2)]
+    for row, by_process in per_text_ms.items():
+        total = sum(by_process.values())
+        if total > 0:
+            cells = " | ".join(f"{by_process[name]:.2f}" if name in by_process else "" for name in processes)
+            lines.append(f"| {row} | {cells} | {total:.2f} | {cores * 1000 / total:,.0f} |")
     return "\n".join(lines)
 
 
@@ -263,15 +275,18 @@ def main(argv: list[str]) -> int:
         ("failed requests", str(failures), "0", failures == 0),
     ]
     description += "\n- load average after the run: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    cpu_rows = {"L": model["cpu_per_text"] * 1000, "S": sum(served_cpu.values()),
-                 f"S{args.job_texts}": sum(multi_cpu.values())}
+    # L ran in this process: its CPU is the model's alone, shown under "worker" (what the worker adds to it
+    # is the S worker figure minus L's).
+    cpu_rows = {"L": {"worker": model["cpu_per_text"] * 1000}, "S": served_cpu, f"S{args.job_texts}": multi_cpu}
     if sync_result is not None:
-        cpu_rows["B"] = sum(sync["sync_cpu"].per_item(sync_result.requests).values())
+        cpu_rows["B"] = sync["sync_cpu"].per_item(sync_result.requests)
+    cpu_rows["light"] = svc["light_cpu"].per_item(light.requests)
+    cpu_rows["enqueue (per job)"] = enqueue_cpu
     name = args.name or report.machine_name(device) + ("-quick" if args.quick else "")
     document = (f"# Benchmark: {name}\n\n`python -m bench.run {' '.join(argv)}`\n\n{description}\n\n"
                 f"## Engine sweep (in process, texts/s)\n\n{sweep}\n\n## Rows\n\n{report.table(rows)}\n\n"
                 f"## Targets\n\n{report.checks_table(checks)}\n\n"
-                f"## CPU view (what a busy machine distorts least)\n\n{cpu_view(cpu_rows)}\n")
+                f"## CPU ms per text by process (what a busy machine distorts least)\n\n{cpu_view(cpu_rows)}\n")
     print("\n" + document)
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"{name}.md"

@@ -52,15 +52,17 @@ redis.call('ZREM', ARGV[2] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[3])
 redis.call('PUBLISH', KEYS[2], 'canceled')
 return 1
 """
-# Accepting a job is one call: add up the queue's broker lists (KEYS[3:]) and, below ARGV[1] messages,
-# write the record (KEYS[1], fields ARGV[5:]) with its TTL and pending entry (KEYS[2]). Returns the depth.
+# Accepting a job is one call: add up the queue's broker lists (KEYS[4:]) and, below ARGV[1] messages,
+# write the record (KEYS[1], fields ARGV[6:]) with its TTL and pending entry (KEYS[2]), then push its
+# broker message ARGV[5] onto list KEYS[3] if one is given (not ''). Returns the depth.
 _CREATE_SCRIPT = """
 local depth = 0
-for i = 3, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
+for i = 4, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
 if depth >= tonumber(ARGV[1]) then return depth end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[5]) end
 return depth
 """
 # Claiming a batch is one call. KEYS come in pairs: a job's record and its delivery hash
@@ -233,12 +235,16 @@ class JobStore:
             "enqueued_ts": repr(record.enqueued_ts),
         }
 
-    def create_unless_full(self, record: JobRecord, depth_keys: list[str], max_depth: int) -> int:
-        """Write a new record only if the lists `depth_keys` hold fewer than `max_depth` messages in all;
-        returns that depth (>= max_depth: nothing was written). One round trip, atomic."""
+    def create_unless_full(self, record: JobRecord, depth_keys: list[str], max_depth: int,
+                           message: tuple[str, str] | None = None) -> int:
+        """Write a new record only if the lists `depth_keys` hold fewer than `max_depth` messages in all,
+        and then push `message` ((list, payload): its broker message) if given; returns that depth
+        (>= max_depth: nothing was written). One round trip, atomic."""
         fields = [item for pair in self._fields(record).items() for item in pair]
-        return int(self._create(keys=[job_key(record.job_id), pending_key(record.queue), *depth_keys],
-                                args=[max_depth, self.ttl, repr(record.enqueued_ts), record.job_id, *fields]))
+        target, payload = message or (depth_keys[0], "")
+        return int(self._create(keys=[job_key(record.job_id), pending_key(record.queue), target, *depth_keys],
+                                args=[max_depth, self.ttl, repr(record.enqueued_ts), record.job_id, payload,
+                                      *fields]))
 
     def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
         """Write a new record; given a pipeline, only queue the commands on it (the caller executes)."""

@@ -21,10 +21,12 @@ def broker_lists(queue: str) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS if step]
 
 
-def publish_job(celery_app, job_id: str, model: str, texts: list[str], enqueued_at: float) -> None:
-    """Send one job's task message. The task id is the job id; `enqueued_at` feeds queue-age metrics."""
+def publish_job(celery_app, job_id: str, model: str, texts: list[str], enqueued_at: float,
+                retry: bool = True) -> None:
+    """Send one job's task message. The task id is the job id; `enqueued_at` feeds queue-age metrics.
+    retry=False: no publish retry (a captured publish writes nothing, so there is nothing to retry)."""
     # argsrepr/kwargsrepr given: Celery would otherwise saferepr() the texts into every message's
     # headers, which costs CPU per job and copies user text into anything that logs headers.
     celery_app.send_task(MODERATE_TASK, args=[job_id, model, texts], queue=queue_for_model(model),
                          task_id=job_id, headers={"enqueued_at": enqueued_at},
-                         argsrepr=f"[{job_id!r}, {model!r}, <{len(texts)} texts>]", kwargsrepr="{}")
+                         argsrepr=f"[{job_id!r}, {model!r}, <{len(texts)} texts>]", kwargsrepr="{}", retry=retry)

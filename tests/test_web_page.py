@@ -1,7 +1,8 @@
 """The web page at `/` in a real browser: Playwright driving Debian's chromium headless.
 
 Against a live stack (gunicorn API with API keys on, the bundled model, a private Redis): the queue
-panel shows a backlog rise while no worker consumes, and fall once one starts; the playground refuses
+panel's table and chart show a backlog rise while no worker consumes, and fall once one starts (the
+chart's queued-jobs line climbs to the top and comes back to the baseline); the playground refuses
 to work without the key, then flags the seed sentence with a bar per category. The screenshot is
 saved under the test's tmp dir, and to $WEB_SCREENSHOT when set (docs/web-page.png is made that way).
 """
@@ -54,6 +55,17 @@ def queue_cell(page, field: str):
     return page.locator(f'#queue tbody tr[data-model="default"] td[data-field="{field}"]')
 
 
+def chart_line(page, series: str):
+    return page.locator(f'#queue-charts svg[data-model="default"] polyline[data-series="{series}"]')
+
+
+def line_heights(line) -> list[float]:
+    """The polyline's points as heights above the chart's baseline (SVG y grows downwards)."""
+    baseline = float(line.locator("xpath=..").locator("line.axis").get_attribute("y1"))
+    points = line.get_attribute("points").split()
+    return [round(baseline - float(point.split(",")[1]), 1) for point in points]
+
+
 def test_queue_panel_shows_a_backlog_rise_and_fall_and_the_playground_flags_the_seed(stack, browser, tmp_path):
     api = stack["api"]
     page = browser.new_page(viewport={"width": 1100, "height": 900})
@@ -70,6 +82,10 @@ def test_queue_panel_shows_a_backlog_rise_and_fall_and_the_playground_flags_the_
         assert response.status_code == 202, response.text
     expect(queue_cell(page, "depth")).to_have_text(str(BACKLOG), timeout=10_000)
     expect(queue_cell(page, "oldest")).not_to_have_text("–", timeout=10_000)
+    # The chart follows: its queued-jobs line ends at the backlog, the top of the chart.
+    expect(chart_line(page, "depth")).to_have_attribute("data-last", str(BACKLOG), timeout=10_000)
+    rise = line_heights(chart_line(page, "depth"))
+    assert rise[0] == 0 and rise[-1] == max(rise) > 0, rise
 
     # The playground without the key: the API's 401 is shown, not swallowed.
     page.get_by_label("Text to moderate").fill(SEED)
@@ -82,6 +98,13 @@ def test_queue_panel_shows_a_backlog_rise_and_fall_and_the_playground_flags_the_
         expect(queue_cell(page, "workers")).to_have_text("1", timeout=15_000)
         expect(queue_cell(page, "depth")).to_have_text("0", timeout=120_000)
         expect(queue_cell(page, "rate")).not_to_have_text("0.0", timeout=10_000)
+        # ...and back down: the line went up to the backlog and ends on the baseline; texts/s rose.
+        expect(chart_line(page, "depth")).to_have_attribute("data-last", "0", timeout=10_000)
+        expect(chart_line(page, "depth")).to_have_attribute("data-max", str(BACKLOG))
+        fall = line_heights(chart_line(page, "depth"))
+        assert fall[-1] == 0 and max(fall) > 0, fall
+        expect(chart_line(page, "rate")).not_to_have_attribute("data-max", "0", timeout=10_000)
+        expect(page.locator('#queue-charts svg[data-model="default"] title')).to_contain_text("0 queued")
 
         # With the key (typed, kept in sessionStorage across a reload), by keyboard only: Tab to the
         # button and press Enter.

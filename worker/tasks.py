@@ -1,10 +1,11 @@
 """The Celery task. Only tasks here; the work is in worker/pipeline.py.
 
 `moderate` is a celery-batches task: the worker buffers incoming messages and calls it with a list
-of up to BATCH_MAX_TEXTS requests, or with what arrived within BATCH_MAX_WAIT_MS of the first.
-While WORKER_CONCURRENCY batches are running, new requests are held back and go into the next batch
-when one returns (as Triton's dynamic batcher does): celery-batches alone would hand the pool a tiny
-batch every BATCH_MAX_WAIT_MS, which queue up behind the busy model one or two texts at a time.
+of up to BATCH_MAX_TEXTS requests. A request that arrives while no batch is running goes to the model
+at once: the batch window (BATCH_MAX_WAIT_MS) applies only while the model is busy, as in Triton's
+dynamic batcher. While WORKER_CONCURRENCY batches are running, new requests are held back and go into
+the next batch when one returns: celery-batches alone would hand the pool a tiny batch every
+BATCH_MAX_WAIT_MS, which queue up behind the busy model one or two texts at a time.
 A batch that fails because the job store does not answer is held, and consumption paused, until the
 store answers (worker/store_gate.py); then it runs again.
 """
@@ -15,11 +16,13 @@ import logging
 import threading
 
 import redis
+from celery.worker import state as worker_state
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import celery_app
 from shared.config import Settings
+from shared.kombu_redis import batched_acks
 from shared.queues import MODERATE_TASK
 from worker.pipeline import BatchReport, process_batch
 from worker.runtime import get_runtime
@@ -55,11 +58,22 @@ class AckStoredBatches(Batches):
         with self._lock:
             self._held.extend(requests)
             self._lock.notify_all()
-            if self._in_flight >= self.max_in_flight or not self._held:
-                return None
+            if self._in_flight >= self.max_in_flight or not self._held or _shutting_down():
+                return None  # held: run when a batch returns, or (shutting down) left to the broker to requeue
             batch, self._held = self._held, []
             self._in_flight += 1
         return self._pool.apply_async(self._run, (batch,))
+
+    def Strategy(self, task, app, consumer):
+        buffer_request = super().Strategy(task, app, consumer)
+
+        def buffer_or_run_now(*args, **kwargs):
+            buffer_request(*args, **kwargs)
+            # The model has room (no batch in flight, or fewer than WORKER_CONCURRENCY): nothing to wait
+            # for, so the buffer goes now instead of at the next tick of the BATCH_MAX_WAIT_MS timer.
+            if self._in_flight < self.max_in_flight and not self._buffer.empty():
+                self._do_flush()
+        return buffer_or_run_now
 
     def restart_flush_timer(self) -> None:
         """After a lost broker connection the consumer restarts with a cleared timer, but celery-batches
@@ -77,11 +91,12 @@ class AckStoredBatches(Batches):
         finally:
             done, deferred = set(report.done), set(report.deferred)
             try:
-                for request in requests:
-                    if request.id in done:
-                        request.acknowledge()
-                    elif request.id not in deferred and not report.unacknowledged:
-                        request.reject(requeue=True)
+                with batched_acks():  # Redis transport: one round trip for the batch's acks
+                    for request in requests:
+                        if request.id in done:
+                            request.acknowledge()
+                        elif request.id not in deferred and not report.unacknowledged:
+                            request.reject(requeue=True)
             except Exception as exc:  # noqa: BLE001
                 # The broker connection died under us: the broker redelivers these messages itself
                 # (RabbitMQ at once, Redis after the visibility timeout). The slot below must still be
@@ -118,6 +133,13 @@ def store_answers() -> bool:
         return bool(get_runtime().store.redis.ping())
     except redis.RedisError:
         return False
+
+
+def _shutting_down() -> bool:
+    """After SIGTERM no new batch starts: requests not yet started stay unacknowledged, and the broker
+    puts them back (kombu restores them on Redis; RabbitMQ requeues them when the connection closes)."""
+    return any(flag is not None and flag is not False
+               for flag in (worker_state.should_stop, worker_state.should_terminate))
 
 
 def configure_batching(settings: Settings) -> None:

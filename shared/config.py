@@ -153,6 +153,7 @@ class Settings:
     webhook_timeout: float = 5.0
     webhook_max_retries: int = 8
     webhook_concurrency: int = 4
+    webhook_sweep_grace: float = 120.0  # seconds a pending callback may sit untouched before it is re-sent
     # Worker
     batch_max_texts: int = 32
     batch_max_tokens: int = 0  # 0: the worker picks by device (worker/inference.py)
@@ -226,6 +227,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         webhook_timeout=_float(env, "WEBHOOK_TIMEOUT", 5.0, 0.1),
         webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", 8),
         webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", 4, 1),
+        webhook_sweep_grace=_float(env, "WEBHOOK_SWEEP_GRACE", 120.0, 0.5),
         batch_max_texts=_int(env, "BATCH_MAX_TEXTS", 32, 1),
         batch_max_tokens=_int(env, "BATCH_MAX_TOKENS", 0),
         batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 5.0),

@@ -171,7 +171,6 @@ class Settings:
     visibility_timeout: int = 300
     max_deliveries: int = 3
     # Test-only: a worker whose job contains this text kills its own process (tests/test_poison.py).
-    test_crash_on_text: str = ""
 
     @property
     def model_names(self) -> list[str]:
@@ -243,7 +242,6 @@ def load_settings(environ: dict | None = None) -> Settings:
         worker_metrics_port_last=metrics_port_last,
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),
         max_deliveries=_int(env, "MAX_DELIVERIES", 3, 1),
-        test_crash_on_text=env.get("TEST_CRASH_ON_TEXT", ""),
     )
 
 

@@ -100,6 +100,8 @@ def test_a_worker_killed_between_storing_and_enqueueing_still_calls_back(redis_s
         expected = "sha256=" + hmac.new(SECRET.encode(), call["body"], hashlib.sha256).hexdigest()
         assert hmac.compare_digest(call["headers"]["X-Moderation-Signature"], expected)
         wait_until(lambda: client.zscore(OUTBOX_KEY, job_id) is None, timeout=30, what="the outbox entry to go")
+        # The sweeper sent it (the webhook worker is the worker's child and shares its log).
+        assert f"job {job_id}: its webhook was pending for over {float(GRACE)}s; sending it" in worker.log_tail(500_000)
         # The moderation message the dead worker held is redelivered and skipped: the job ran once.
         wait_until(lambda: f"job {job_id} is succeeded; skipping" in worker.log_tail(500_000), timeout=60,
                    what="the redelivered message to be skipped")

@@ -9,22 +9,36 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 WORKERS ?= 1
 export REDIS_URL
 
-.PHONY: run test test-faults test-containers test-chart helm system-deps venv model eval-model calibrate-model redis worker api bench lint clean
+.PHONY: run test test-faults test-containers test-chart helm system-deps venv model eval-model calibrate-model redis worker api bench lint clean lock
+
+# One lock for every requirements set: requirements/lock.txt pins every package any requirements/*.txt
+# pulls in (the CPU torch build included); every install below, the images and CI use it as constraints.
+LOCK := requirements/lock.txt
+LOCK_INPUTS = $(filter-out $(LOCK),$(sort $(wildcard requirements/*.txt)))
 
 $(VENV)/.installed-run: requirements/common.txt requirements/api.txt requirements/worker-runtime.txt requirements/worker.txt requirements/client.txt \
-		requirements/run.txt pyproject.toml
+		requirements/run.txt $(LOCK) pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements/run.txt
+	$(PY) -m pip install -q -r requirements/run.txt -c $(LOCK)
 	$(PY) -m pip install -q --no-deps -e .  # the `moderation` command (client/)
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt requirements/train.txt
-	$(PY) -m pip install -q -r requirements/dev.txt
+$(VENV)/.installed-dev: $(VENV)/.installed-run requirements/dev.txt requirements/train.txt $(LOCK)
+	$(PY) -m pip install -q -r requirements/dev.txt -c $(LOCK)
 	touch $@
 
 venv: $(VENV)/.installed-run
+
+# Re-resolve the lock from requirements/*.txt alone (pip-compile keeps the current pins that still fit;
+# pip's find-links, e.g. PIP_FIND_LINKS=/opt/wheels, is where the CPU torch build is found). Run it after
+# editing any requirements file; tests/test_versions.py fails while the lock and the pins disagree.
+lock:
+	@test -x $(VENV)/bin/pip-compile || $(PY) -m pip install -q "$$(grep -oE '^pip-tools==[^ ]+' requirements/dev.txt)"
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+		--output-file $(LOCK) $(LOCK_INPUTS)
+	@! grep -qiE '^(nvidia-|triton==)' $(LOCK) || { echo "$(LOCK) pulls CUDA packages: torch must resolve to its CPU build"; exit 1; }
 
 # Assemble the bundled model from model/artifact + the pip-installed MiniLM, and export it to the
 # CPU engine's cache (ENGINE_CACHE_DIR, ONNX int8) so the first worker start skips that; prints its path last.

@@ -21,12 +21,23 @@ from tqdm import tqdm
 
 from client.bulk import FatalError, Tally, moderate_rows
 from client.client import DEFAULT_URL, ModerationClient
-from client.errors import ModerationError
+from client.errors import (
+    JobFailedError,
+    JobTimeoutError,
+    ModerationError,
+    RateLimitedError,
+    ServerError,
+    ServiceUnreachableError,
+)
 from client.models import Models, ModerationResult
 from client.rows import FORMATS, InputError, detect_format, load_results, read_rows, record_key
 
-# 1: some rows failed (each is in the output with its error); 3: the service failed and the run stopped.
+# 1: some rows of the output file failed (each with its error; rows from earlier runs count too, as in the
+# summary), or `status` found the service not ready; 2: bad usage or input, or a request the service
+# refused (API key, model); 3: the service is unreachable or failing (the run stopped: run it again).
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# Errors that are the service's fault, not the caller's: what README calls "the service failed".
+SERVICE_FAILURES = (ServiceUnreachableError, ServerError, RateLimitedError, JobTimeoutError)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -252,7 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except FatalError as exc:
         print(f"moderation: stopped: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_STOPPED
+    except SERVICE_FAILURES as exc:
+        print(f"moderation: the service failed: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
+    except JobFailedError as exc:
+        print(f"moderation: {exc}", file=sys.stderr)
+        return EXIT_FAILURES
     except ModerationError as exc:
         print(f"moderation: {exc}", file=sys.stderr)
         return EXIT_USAGE

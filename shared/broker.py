@@ -76,20 +76,32 @@ class AmqpBrokerQueues:
 
     def depth(self, queue: str) -> int:
         with self._lock:
+            reused = self._connection is not None
             try:
-                if self._connection is None:
-                    self._connection = self.celery.connection_for_read(transport_options={
-                        "read_timeout": self.SOCKET_TIMEOUT, "write_timeout": self.SOCKET_TIMEOUT})
-                    self._connection.ensure_connection(max_retries=1)
-                if self._channel is None:
-                    self._channel = self._connection.channel()
-                return self._channel.queue_declare(queue=queue, passive=True).message_count
-            except amqp.exceptions.NotFound:  # not declared yet: nothing was ever published to it
-                self._channel = None  # the broker closed the channel
-                return 0
-            except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.OperationalError) as exc:
-                self._reset()
-                raise kombu.exceptions.OperationalError(f"broker unreachable: {exc}") from exc
+                return self._depth(queue)
+            except kombu.exceptions.OperationalError as exc:
+                if not reused or isinstance(exc.__cause__, TimeoutError):
+                    raise
+            # A connection kept from before a broker restart fails on its first use (closed, reset): one
+            # retry on a fresh one, so the first submission after a recovery is accepted. Not after a
+            # timeout: a hung broker must still answer 503 fast.
+            return self._depth(queue)
+
+    def _depth(self, queue: str) -> int:
+        try:
+            if self._connection is None:
+                self._connection = self.celery.connection_for_read(transport_options={
+                    "read_timeout": self.SOCKET_TIMEOUT, "write_timeout": self.SOCKET_TIMEOUT})
+                self._connection.ensure_connection(max_retries=1)
+            if self._channel is None:
+                self._channel = self._connection.channel()
+            return self._channel.queue_declare(queue=queue, passive=True).message_count
+        except amqp.exceptions.NotFound:  # not declared yet: nothing was ever published to it
+            self._channel = None  # the broker closed the channel
+            return 0
+        except (OSError, amqp.exceptions.AMQPError, kombu.exceptions.OperationalError) as exc:
+            self._reset()
+            raise kombu.exceptions.OperationalError(f"broker unreachable: {exc}") from exc
 
     def parked(self, queue: str) -> int:
         return self.depth(parking_queue_name(queue))

@@ -156,6 +156,7 @@ class Settings:
     webhook_timeout: float = 5.0
     webhook_max_retries: int = 8
     webhook_concurrency: int = 4
+    webhook_sweep_grace: float = 120.0  # seconds a pending callback may sit untouched before it is re-sent
     # Worker
     batch_max_texts: int = 32
     batch_max_tokens: int = 0  # 0: the worker picks by device (worker/inference.py)
@@ -174,7 +175,6 @@ class Settings:
     visibility_timeout: int = 300
     max_deliveries: int = 3
     # Test-only: a worker whose job contains this text kills its own process (tests/test_poison.py).
-    test_crash_on_text: str = ""
 
     @property
     def model_names(self) -> list[str]:
@@ -230,6 +230,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         webhook_timeout=_float(env, "WEBHOOK_TIMEOUT", 5.0, 0.1),
         webhook_max_retries=_int(env, "WEBHOOK_MAX_RETRIES", 8),
         webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", 4, 1),
+        webhook_sweep_grace=_float(env, "WEBHOOK_SWEEP_GRACE", 120.0, 0.5),
         batch_max_texts=_int(env, "BATCH_MAX_TEXTS", 32, 1),
         batch_max_tokens=_int(env, "BATCH_MAX_TOKENS", 0),
         batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 5.0),
@@ -246,7 +247,6 @@ def load_settings(environ: dict | None = None) -> Settings:
         worker_metrics_port_last=metrics_port_last,
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),
         max_deliveries=_int(env, "MAX_DELIVERIES", 3, 1),
-        test_crash_on_text=env.get("TEST_CRASH_ON_TEXT", ""),
     )
 
 

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import redis
 
+from shared.webhooks import OUTBOX_KEY
+
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 FINISHED = (SUCCEEDED, FAILED, CANCELED)
 KEY_PREFIX = "moderation:job:"
@@ -36,6 +38,8 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results'
 redis.call('HDEL', KEYS[1], 'texts')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[7])
+-- The webhook outbox entry is written with the result, so a crash before the call is enqueued loses nothing.
+if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7]) end
 -- The finished record itself is the message, so a waiting request needs no read to answer.
 local flat, record = redis.call('HGETALL', KEYS[1]), {}
 for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
@@ -306,8 +310,9 @@ class JobStore:
         for job_id, results, error in outcomes:
             status = FAILED if error else SUCCEEDED
             payload = json.dumps(results) if results is not None else ""
-            self._finish(keys=[job_key(job_id), done_channel(job_id)],
-                         args=[status, now, payload, error or "", self.ttl, PENDING_PREFIX, job_id], client=pipe)
+            self._finish(keys=[job_key(job_id), done_channel(job_id), OUTBOX_KEY],
+                         args=[status, now, payload, error or "", self.ttl, PENDING_PREFIX, job_id, time.time()],
+                         client=pipe)
         return [bool(stored) for stored in pipe.execute()]
 
     def cancel(self, job_id: str) -> tuple[bool, str | None]:

@@ -4,17 +4,34 @@ The API checks `callback_url` against WEBHOOK_ALLOWED_HOSTS when a job is submit
 cannot be pointed at internal addresses); the webhook task checks again before each call.
 The body is the job exactly as GET /jobs/<id> returns it; the signature header is
 `X-Moderation-Signature: sha256=<hex HMAC-SHA256 of the body with WEBHOOK_SECRET>`.
+
+The outbox makes delivery at-least-once across crashes: the script that stores a job's result also adds
+the job to OUTBOX_KEY when it has a callback_url (one atomic step), a delivery that is over (delivered,
+refused, given up) removes it, and the webhook worker's sweeper re-sends entries nobody touched for
+WEBHOOK_SWEEP_GRACE seconds (a worker that died between storing the result and enqueueing the call).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from urllib.parse import urlsplit
+
+import redis
 
 WEBHOOK_TASK = "moderation.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"
 SIGNATURE_HEADER = "X-Moderation-Signature"
+# Sorted set: job id -> when its callback was last due or tried (epoch seconds).
+OUTBOX_KEY = "moderation:webhooks:outbox"
+
+# Take due entries and stamp them `now` in one step, so two sweepers never both re-send one entry.
+_TAKE_DUE_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, job_id in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], job_id) end
+return due
+"""
 
 
 class CallbackRefused(ValueError):
@@ -42,3 +59,26 @@ def check_callback_url(url: str, allowed_hosts: frozenset[str]) -> str:
 
 def signature(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookOutbox:
+    """Pending callbacks (OUTBOX_KEY); entries are added by the job store's finish script."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._take_due = client.register_script(_TAKE_DUE_SCRIPT)
+
+    def is_pending(self, job_id: str) -> bool:
+        return self.redis.zscore(OUTBOX_KEY, job_id) is not None
+
+    def touch(self, job_id: str) -> None:
+        """A delivery is being tried now: the sweeper leaves the entry alone for another grace period."""
+        self.redis.zadd(OUTBOX_KEY, {job_id: time.time()}, xx=True)
+
+    def done(self, job_id: str) -> None:
+        self.redis.zrem(OUTBOX_KEY, job_id)
+
+    def take_due(self, grace: float, limit: int = 200) -> list[str]:
+        """Entries untouched for `grace` seconds, stamped now (the caller enqueues their delivery)."""
+        now = time.time()
+        return self._take_due(keys=[OUTBOX_KEY], args=[now - grace, now, limit])

@@ -296,10 +296,28 @@ def test_status_when_the_service_is_not_ready(stack):
 def test_unreachable_service_and_unknown_model_stop_with_a_message(stack, tmp_path):
     source = tmp_path / "a.txt"
     source.write_text("hello\n")
-    run = moderation({**stack, "api": "http://127.0.0.1:9"}, "--max-retries", "1", "check", "hello")
-    assert run.returncode == 2 and "127.0.0.1:9" in run.stderr
+    # Unreachable: 3 (the service failed; resume later), whichever command, as README says.
+    for command in (["check", "hello"], ["status"], ["moderate", str(source), "--no-progress"]):
+        run = moderation({**stack, "api": "http://127.0.0.1:9"}, "--max-retries", "1", *command)
+        assert run.returncode == 3 and "127.0.0.1:9" in run.stderr, (command, run.returncode, run.stderr)
     run = moderation(stack, "moderate", str(source), "--model", "nope", "--no-progress")
     assert run.returncode == 3 and "nope" in run.stderr and "STOPPED" in run.stderr
+    # A request the service refuses outright is the caller's to fix: 2.
+    run = moderation(stack, "check", "hello", "--model", "nope")
+    assert run.returncode == 2 and "nope" in run.stderr, (run.returncode, run.stderr)
+
+
+def test_a_resumed_run_whose_output_holds_failed_rows_exits_1(stack, tmp_path):
+    source = tmp_path / "c.txt"
+    source.write_text("".join(f"{text}\n" for text in TEXTS) + "  \n")  # the last row is empty: it fails
+    out = tmp_path / "c.jsonl"
+    first = moderation(stack, "moderate", str(source), "-o", str(out), "--no-progress")
+    assert first.returncode == 1, first.stderr
+    # Nothing left to do, but the output still holds the failed row: 1 again, as the summary says.
+    again = moderation(stack, "moderate", str(source), "-o", str(out), "--no-progress")
+    assert again.returncode == 1, again.stderr
+    assert f"({len(TEXTS) + 1} from earlier runs, 0 this run)" in again.stderr and "failed         1" in again.stderr
+    assert len(read_jsonl(out)) == len(TEXTS) + 1
 
 
 def test_a_failing_service_stops_the_run_instead_of_failing_rows(stack, tmp_path):

@@ -66,3 +66,28 @@ def test_a_bad_variable_makes_the_worker_exit_2_with_one_line(name, value, messa
                             timeout=120)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_the_service_reads_no_test_switch():
+    """Faults for tests live in test-only code (tests/hooked_worker.py, tests/crash_model.py), never
+    behind a setting any deployment could set: no module of the service reads a TEST_* variable."""
+    import re
+
+    switches = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+                for package in ("api", "client", "model", "scripts", "shared", "worker")
+                for path in sorted((ROOT / package).rglob("*.py"))
+                for number, line in enumerate(path.read_text().splitlines(), start=1)
+                if re.search(r"""["']TEST_[A-Z0-9_]*""", line)]
+    assert not switches, switches
+
+
+def test_a_plain_worker_cannot_load_the_test_crash_model(tmp_path):
+    """The poison tests' crash model loads only in a worker started through tests/hooked_worker.py."""
+    from tests.conftest import MULTI_LABELS
+    from tests.crash_model import build_crash_model
+
+    model = build_crash_model(tmp_path / "crash", MULTI_LABELS, "eradicate")
+    env = base_env("redis://127.0.0.1:1/0", MODELS=f"tiny={model}")
+    result = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 3 and "crash-bert" in result.stderr, result.stderr[-2000:]

@@ -285,8 +285,16 @@ def test_sigterm_to_a_busy_worker_finishes_its_batch_exits_0_and_loses_nothing(s
     statuses = stack.statuses(job_ids)
     # Nothing half-done: the batch in hand finished; what was only prefetched went back to the queue.
     assert set(statuses) <= {"succeeded", "queued"}, set(statuses)
-    assert statuses.count("queued") == stack.depth() > 0
-    assert stack.unacked() == 0
+    queued = statuses.count("queued")
+    assert queued > 0
+    # RabbitMQ takes a closed channel's unacknowledged messages back on its own time, after the worker
+    # exited: wait for that instead of reading the queue at once.
+    wait_until(lambda: stack.unacked() == 0 and stack.depth() >= queued, timeout=60, interval=0.2,
+               what=f"every queued job's message ({queued}) back in the queue, none unacknowledged")
+    if stack.broker.is_redis:
+        assert stack.depth() == queued  # kombu restored exactly the prefetched messages
+    # On RabbitMQ the queue may also hold messages of the last batch whose acks were still on their way
+    # when the channel closed: delivered again, they are skipped as finished (at least once, run once).
 
     stack.start_worker()
     wait_until(lambda: stack.count_finished(job_ids) == len(job_ids), timeout=90, interval=0.2,

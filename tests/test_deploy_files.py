@@ -228,8 +228,7 @@ def config_variables() -> set[str]:
 
 
 def test_compose_passes_every_setting_to_the_api_and_the_workers():
-    # TEST_* settings are test-only hooks (e.g. TEST_CRASH_ON_TEXT): never passed to a deployment.
-    variables = {name for name in config_variables() if not name.startswith("TEST_")}
+    variables = config_variables()
     assert {"REDIS_URL", "VISIBILITY_TIMEOUT", "SAFE_LABELS", "WORKER_METRICS_PORT"} <= variables
     services = load_compose()["services"]
     # Settings of the worker process alone; the API never reads them.

@@ -13,59 +13,22 @@ import hmac
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from shared.jobs import JobStore
 from tests.support import base_env, free_port, start_api, start_worker, wait_until
+from tests.webhook_receiver import SLOW_SECONDS, Receiver
 
 SECRET = "webhook-test-secret"
 ALICE, BOB = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer bob-key"}
-SLOW_SECONDS = 6
-
-
-class Receiver(ThreadingHTTPServer):
-    """Records every delivery; /flaky answers 500 to its first call, /slow answers after SLOW_SECONDS."""
-
-    def __init__(self):
-        self.calls: list[dict] = []
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-    def calls_to(self, path: str) -> list[dict]:
-        with self.lock:
-            return [call for call in self.calls if call["path"] == path]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with self.server.lock:
-            self.server.calls.append({"path": self.path, "headers": dict(self.headers), "body": body})
-            seen = len([c for c in self.server.calls if c["path"] == self.path])
-        if self.path.startswith("/slow"):
-            time.sleep(SLOW_SECONDS)
-        status = 500 if self.path.startswith("/flaky") and seen == 1 else 200
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")
 def receiver():
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with Receiver() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """A job whose processing kills the worker process is failed after MAX_DELIVERIES attempts instead of
 killing every worker forever, and the innocent jobs of the batch it crashed all succeed. On both brokers.
 
-The crash is the worker's test-only hook TEST_CRASH_ON_TEXT (worker/pipeline.py): a job containing the
-marker SIGKILLs its worker process, as an out-of-memory kill or a native crash in a tokenizer would.
+The crash comes from a test-only model type (tests/crash_model.py) that only workers started by
+tests/hooked_worker.py can load: a forward pass over a text with its marker word SIGKILLs the worker
+process, as an out-of-memory kill or a native crash in a tokenizer would. The service has no test switch.
 """
 
 from __future__ import annotations
@@ -15,24 +16,34 @@ import pytest
 from shared.celery_app import make_celery
 from shared.jobs import FINISHED, JobRecord, JobStore
 from shared.queues import MODERATE_TASK, queue_for_model
-from tests.support import Proc, base_env, broker_for, wait_until, worker_command
+from tests.conftest import MULTI_LABELS
+from tests.crash_model import build_crash_model
+from tests.hooked_worker import command as hooked_worker
+from tests.support import Proc, base_env, broker_for, wait_until
+from tests.tiny_models import WORDS
 from worker.deliveries import poison_error
 
 MODEL = "tiny"
 QUEUE = queue_for_model(MODEL)
-MARKER = "CRASH-THE-WORKER-HERE"
+MARKER = "eradicate"  # a whole word of the tiny vocabulary: one token the crash model looks for
+assert MARKER in WORDS
 INNOCENT = 20
 
 
+@pytest.fixture(scope="module")
+def crash_model(tmp_path_factory):
+    return build_crash_model(tmp_path_factory.mktemp("crash-model"), MULTI_LABELS, MARKER)
+
+
 @pytest.fixture
-def poison_stack(broker_kind, redis_server, tiny_multilabel_model, tmp_path):
+def poison_stack(broker_kind, redis_server, crash_model, tmp_path):
     client = redis_server.client()
     client.flushall()
     with broker_for(broker_kind, redis_server.url) as broker:
         # BATCH_MAX_WAIT_MS=300: the marker job and the innocent ones arrive in one batch.
-        env = base_env(redis_server.url, MODELS=f"{MODEL}={tiny_multilabel_model}", DEFAULT_MODEL=MODEL,
+        env = base_env(redis_server.url, MODELS=f"{MODEL}={crash_model}", DEFAULT_MODEL=MODEL,
                        CELERY_BROKER_URL=broker.url, VISIBILITY_TIMEOUT="3", BATCH_MAX_WAIT_MS="300",
-                       MAX_DELIVERIES="3", TEST_CRASH_ON_TEXT=MARKER)
+                       MAX_DELIVERIES="3")
         yield env, broker, JobStore(client, 3600)
 
 
@@ -54,11 +65,11 @@ def test_a_job_that_kills_its_worker_fails_after_max_deliveries_and_the_rest_suc
     with ExitStack() as cleanup:
         while not all_finished():
             assert deaths <= 3, "the poison job killed more workers than MAX_DELIVERIES allows"
-            worker = cleanup.enter_context(Proc(worker_command(), env, tmp_path / f"worker-{deaths}.log"))
+            worker = cleanup.enter_context(Proc(hooked_worker("crash-model"), env, tmp_path / f"worker-{deaths}.log"))
             wait_until(lambda w=worker: not w.alive() or all_finished(), timeout=180, interval=0.2,
                        what="the worker to die on the marker or every job to finish")
             if not worker.alive():
-                assert "TEST_CRASH_ON_TEXT matched" in worker.log_tail(100_000)
+                assert "crash-bert: marker token in a forward pass; SIGKILL" in worker.log_tail(100_000)
                 deaths += 1
 
     records = {job_id: store.get(job_id) for job_id in job_ids}

@@ -138,3 +138,24 @@ def test_past_max_queue_depth_generate_answers_503_queue_full(stack):
     served = submit(stack.url, "the weather is nice today")
     assert served.status_code == 202
     assert wait_for_job(stack.url, served.json()["job_id"])["status"] == "succeeded"
+
+
+def test_every_submission_after_a_broker_restart_is_accepted(stack):
+    """Each API process holds broker connections from before the restart (two gunicorn workers here); the
+    first publish or depth read that finds its connection dead retries once on a fresh one, so not even
+    the first submission after the broker is back is refused."""
+    def accepted(text: str) -> int:
+        # One job at a time, waited for, so MAX_QUEUE_DEPTH=5 never comes into play.
+        response = requests.post(stack.url + "/generate", json={"input_text": text, "wait": 20}, timeout=40)
+        assert response.status_code in (200, 202), response.text
+        return wait_for_job(stack.url, response.json()["job_id"], timeout=90)["status"]
+
+    for n in range(6):  # every API process has used (and keeps) its broker connections
+        assert accepted(f"before the restart {n}") == "succeeded"
+    outage = stack.redis if stack.broker.is_redis else stack.broker.proxy
+    outage.stop()
+    outage.start()
+    wait_until(lambda: requests.get(stack.url + "/readyz", timeout=5).status_code == 200, timeout=60,
+               what="/readyz to answer 200 (it reads the record Redis, never publishes)")
+    for n in range(6):
+        assert accepted(f"after the restart {n}") == "succeeded"

@@ -3,6 +3,9 @@
 One pipelined round trip per batch (never per text or job): the per-second text counters, and a read
 of callback_url and status for each job just stored. Webhook deliveries are separate Celery tasks on
 their own queue, consumed by the webhook worker process, so a slow receiver never holds up a batch.
+This enqueue is the fast path only: the finish script already recorded each callback in the webhook
+outbox with the result, so a worker that dies before this runs loses no callback (the webhook worker's
+sweeper sends it after WEBHOOK_SWEEP_GRACE; shared/webhooks.py).
 Nothing here may fail a job: errors are logged and the batch goes on.
 """
 

@@ -15,8 +15,6 @@ deaths it is failed instead of run (worker/deliveries.py).
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -109,17 +107,9 @@ def _observe_pass(model: str):
     return observe
 
 
-def _crash_if_marked(texts: list[str], marker: str) -> None:
-    """Test-only (TEST_CRASH_ON_TEXT, unset in production): die as a native crash in the model would."""
-    if marker and any(marker in text for text in texts):
-        log.error("TEST_CRASH_ON_TEXT matched: killing this worker process")
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _score_together(served: ServedModel, jobs: list[Job], settings) -> list[Outcome]:
     """All texts of these jobs in shared forward passes; cached texts skip inference."""
     unique = list(dict.fromkeys(text for job in jobs for text in job.texts))
-    _crash_if_marked(unique, settings.test_crash_on_text)
     cached = served.cache.get_many(unique)
     scores = {text: row for text, row in zip(unique, cached) if row is not None}
     missing = [text for text in unique if text not in scores]

@@ -6,6 +6,11 @@ delivery POSTs the job (the body of GET /jobs/<id>, serialised by the same pydan
 WEBHOOK_SECRET; a failure (connection error, timeout, non-2xx) is retried by Celery with exponential
 backoff (1, 2, 4 ... 60 s, with jitter) up to WEBHOOK_MAX_RETRIES times, then dropped with a log line.
 The job itself is already stored: a delivery never changes it.
+
+At least once across crashes (shared/webhooks.py's outbox): each try stamps the job's outbox entry, a
+delivery that is over removes it, and OutboxSweepStep re-enqueues entries untouched for
+WEBHOOK_SWEEP_GRACE seconds, e.g. of a moderation worker killed after storing a result but before
+enqueueing its call. A delivery whose entry is already gone (a duplicate enqueue) is skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 from functools import cache
 
 import requests
+from celery import bootsteps
 from celery.utils.time import get_exponential_backoff_interval
 
 from shared import __version__
@@ -30,12 +36,14 @@ from shared.webhooks import (
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
     CallbackRefused,
+    WebhookOutbox,
     check_callback_url,
     signature,
 )
 
 log = logging.getLogger(__name__)
 BACKOFF_MAX_SECONDS = 60
+SWEEP_EVERY_MAX_SECONDS = 15.0
 
 
 class DeliveryFailed(Exception):
@@ -73,19 +81,66 @@ def deliver(job_id: str) -> str:
     return "delivered"
 
 
+@cache
+def _outbox() -> WebhookOutbox:
+    return WebhookOutbox(_store().redis)
+
+
 @celery_app.task(name=WEBHOOK_TASK, bind=True, acks_late=True)
 def deliver_webhook(self, job_id: str) -> str:
+    outbox = _outbox()
+    if not outbox.is_pending(job_id):
+        return "already delivered"
+    outbox.touch(job_id)
     try:
-        return deliver(job_id)
+        outcome = deliver(job_id)
     except DeliveryFailed as exc:
         retries = get_settings().webhook_max_retries
         if self.request.retries >= retries:
             log.error("job %s: webhook not delivered after %d tries, giving up: %s", job_id, retries + 1, exc)
+            outbox.done(job_id)
             return "failed"
         countdown = get_exponential_backoff_interval(1, self.request.retries, BACKOFF_MAX_SECONDS, full_jitter=True)
         log.warning("job %s: webhook delivery failed (%s); retry %d in %ss", job_id, exc, self.request.retries + 1,
                     countdown)
         raise self.retry(countdown=countdown, max_retries=retries) from None
+    outbox.done(job_id)
+    return outcome
+
+
+class OutboxSweepStep(bootsteps.StartStopStep):
+    """Re-enqueues outbox entries untouched for WEBHOOK_SWEEP_GRACE seconds, on the worker's timer."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.tref = None
+
+    def start(self, consumer):
+        grace = get_settings().webhook_sweep_grace
+        self.tref = consumer.timer.call_repeatedly(min(SWEEP_EVERY_MAX_SECONDS, grace / 4), sweep,
+                                                   args=(consumer.app, grace))
+
+    def stop(self, consumer):
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    shutdown = stop
+
+
+def sweep(app, grace: float) -> int:
+    """Enqueue a delivery for each due outbox entry; returns how many."""
+    try:
+        due = _outbox().take_due(grace)
+        for job_id in due:
+            log.warning("job %s: its webhook was pending for over %ss; sending it", job_id, grace)
+            app.send_task(WEBHOOK_TASK, args=[job_id], queue=WEBHOOK_QUEUE)
+    except Exception:  # the store or the broker is down: the next sweep tries again
+        log.exception("webhook outbox sweep failed")
+        return 0
+    return len(due)
 
 
 def main(argv: list[str]) -> int:
@@ -93,6 +148,7 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     configure_celery(celery_app, settings)
+    celery_app.steps["consumer"].add(OutboxSweepStep)
     celery_app.worker_main([
         "worker", "--pool", "threads", "--concurrency", str(settings.webhook_concurrency),
         "--queues", WEBHOOK_QUEUE, "--hostname", f"webhooks-{os.getpid()}@{socket.gethostname()}",

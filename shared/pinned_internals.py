@@ -1,0 +1,16 @@
+"""The libraries whose private parts this code overrides or calls, and the versions it was written against.
+
+- kombu: shared/kombu_redis.py overrides `Channel.conn_or_acquire` of the Redis transport and calls its
+  `_create_client()` and `pool`.
+- celery-batches: worker/tasks.py subclasses `Batches` (its flush, `_pool`, `_tref`) and calls
+  `celery_batches.trace.apply_batches_task`.
+- celery: celery-batches supports only a range of it, and the worker's bootsteps hook into its consumer.
+
+The one source of these versions: requirements/*.txt pin them (and `make lock` locks them) to the same
+numbers, and tests/test_versions.py fails loudly while what is installed differs. Moving to another
+version means reading that code against the new release first, then changing all three together.
+"""
+
+from __future__ import annotations
+
+WRITTEN_AGAINST = {"celery": "5.6.3", "kombu": "5.7.0", "celery-batches": "0.11"}

@@ -279,8 +279,9 @@ def test_sigterm_to_a_busy_worker_finishes_its_batch_exits_0_and_loses_nothing(s
         assert worker.process.wait(60) == 0, worker.log_tail()
     finally:
         worker.stop()
-    if stack.broker.is_redis:
-        assert "Restoring" in worker.log_tail(1_000_000)  # kombu put the prefetched, unstarted messages back
+    # How kombu hands unstarted messages back depends on where SIGTERM finds them (held in the worker's
+    # buffer: "Restoring N unacknowledged"; arriving after the consumer was cancelled: "Requeuing
+    # undeliverable"; an idle worker may hold none): the queue's depth below is what must hold.
 
     statuses = stack.statuses(job_ids)
     # Nothing half-done: the batch in hand finished; what was only prefetched went back to the queue.

@@ -14,7 +14,7 @@ counted twice (the workers' moderation_jobs_completed_total, sampled until each 
 up to at most the jobs stored, and exactly to them when no worker died). The table is printed and written
 to var/fault-matrix/report.json; docs/reliability.md records a run.
 
-Run by `make test-faults` (MODERATION_FAULT_TESTS=1): about 15 minutes, so not part of `make test`.
+Run by `make test-faults` (MODERATION_FAULT_TESTS=1): 6 to 10 minutes, so not part of `make test`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.skipif(os.environ.get("MODERATION_FAULT_TESTS") != "1",
-                                reason="the fault matrix (~15 min): run by `make test-faults`")
+                                reason="the fault matrix (6-10 min): run by `make test-faults`")
 
 MODEL = "tiny"
 JOBS = 300

@@ -6,24 +6,20 @@ lease left to expire costs other workers LEASE_SECONDS only on jobs this worker 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 import redis
 
 from shared import worker_registry
+from worker.background import BackgroundThread
 
 log = logging.getLogger(__name__)
 
 
-class Heartbeat:
+class Heartbeat(BackgroundThread):
     def __init__(self, client: redis.Redis, hostname: str, models: list[str], renew_lease: Callable[[], None]):
+        super().__init__("heartbeat")
         self.client, self.hostname, self.models, self.renew_lease = client, hostname, models, renew_lease
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -35,7 +31,7 @@ class Heartbeat:
             self._stop.wait(worker_registry.HEARTBEAT_INTERVAL)
 
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         try:
             worker_registry.leave(self.client, self.hostname, self.models)
         except redis.RedisError:

@@ -17,7 +17,6 @@ Also declares the parking exchange and queues at start, so the first dead-letter
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from celery import Celery
@@ -26,6 +25,7 @@ from kombu import Connection
 from shared.celery_app import parking_queue
 from shared.jobs import JobStore
 from shared.queues import publish_job, queue_for_model
+from worker.background import BackgroundThread
 from worker.deliveries import DeliveryCounter, poison_error
 
 log = logging.getLogger(__name__)
@@ -72,21 +72,14 @@ def _settle(message, store: JobStore, deliveries: DeliveryCounter, celery: Celer
     return "republished"
 
 
-class ParkingReconciler:
+class ParkingReconciler(BackgroundThread):
     """The sweep loop, in its own thread with its own broker connection (started by worker/bootsteps.py)."""
 
     def __init__(self, celery: Celery, store: JobStore, deliveries: DeliveryCounter, hostname: str,
                  models: list[str], max_deliveries: int):
+        super().__init__("parking")
         self.celery, self.store, self.deliveries = celery, store, deliveries
         self.hostname, self.models, self.max_deliveries = hostname, models, max_deliveries
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="parking", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _run(self) -> None:
         connection = None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 import redis
@@ -30,6 +29,7 @@ from celery import Celery
 from shared.jobs import JobStore
 from shared.queue_stats import oldest_enqueued_at
 from shared.queues import publish_job, queue_for_model
+from worker.background import BackgroundThread
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +87,13 @@ def republish_lost_jobs(broker: redis.Redis, store: JobStore, celery: Celery, mo
     return republished
 
 
-class RedeliverySweeper:
+class RedeliverySweeper(BackgroundThread):
     """The sweep loop, in its own thread (started and stopped by worker/bootsteps.py)."""
 
     def __init__(self, broker: redis.Redis, store: JobStore, celery: Celery, hostname: str, models: list[str]):
+        super().__init__("redelivery")
         self.broker, self.store, self.celery = broker, store, celery
         self.hostname, self.models = hostname, models
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="redelivery", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _run(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL):

@@ -49,19 +49,31 @@ def submit_job(texts: list[str], model: str | None, callback_url: str | None = N
     spec = resolve_model(model)
     record = JobRecord(job_id=job_id or new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
                        owner=g.get("owner", ""), callback_url=checked_callback_url(callback_url))
-    # The record exists before the message, so a worker or GET never sees an unknown job. With the broker
-    # in the record Redis, one script call reads the depth and writes the record only below MAX_QUEUE_DEPTH;
-    # on this project's Redis transport it also pushes the message, which Celery built but did not send.
+    # The record exists before the message, so a worker or GET never sees an unknown job.
+    if svc.queues.shares_record_redis and transport_for(svc.settings.broker_url):
+        _create_with_message(svc, spec, record)
+    else:
+        _create_then_publish(svc, spec, record)
+    JOBS_SUBMITTED.labels(spec.name).inc()
+    TEXTS_SUBMITTED.labels(spec.name).inc(len(record.texts))
+    return record
+
+
+def _create_with_message(svc, spec: ModelSpec, record: JobRecord) -> None:
+    """This project's Redis transport on the record Redis: one script call reads the depth and, below
+    MAX_QUEUE_DEPTH, writes the record and pushes the message Celery built but did not send."""
+    with captured_publishes() as messages:
+        publish_job(svc.celery, record.job_id, spec.name, record.texts, record.enqueued_ts, retry=False)
+    (message,) = messages
+    max_depth = svc.settings.max_queue_depth
+    if svc.store.create_unless_full(record, broker_lists(spec.queue), max_depth, message) >= max_depth:
+        raise _queue_full(spec)
+
+
+def _create_then_publish(svc, spec: ModelSpec, record: JobRecord) -> None:
+    """Any other broker: the record first (with the broker in the record Redis, written only below
+    MAX_QUEUE_DEPTH in one script call), then the Celery message."""
     queues, max_depth = svc.queues, svc.settings.max_queue_depth
-    if queues.shares_record_redis and transport_for(svc.settings.broker_url):
-        with captured_publishes() as messages:
-            publish_job(svc.celery, record.job_id, spec.name, texts, record.enqueued_ts, retry=False)
-        (message,) = messages
-        if svc.store.create_unless_full(record, broker_lists(spec.queue), max_depth, message) >= max_depth:
-            raise _queue_full(spec)
-        JOBS_SUBMITTED.labels(spec.name).inc()
-        TEXTS_SUBMITTED.labels(spec.name).inc(len(texts))
-        return record
     if queues.shares_record_redis:
         if svc.store.create_unless_full(record, broker_lists(spec.queue), max_depth) >= max_depth:
             raise _queue_full(spec)
@@ -70,13 +82,10 @@ def submit_job(texts: list[str], model: str | None, callback_url: str | None = N
     try:  # whatever fails from here (a full queue, the broker down) removes the record it wrote
         if not queues.shares_record_redis and queues.depth(spec.queue) >= max_depth:
             raise _queue_full(spec)
-        publish_job(svc.celery, record.job_id, spec.name, texts, record.enqueued_ts)
+        publish_job(svc.celery, record.job_id, spec.name, record.texts, record.enqueued_ts)
     except Exception:
         svc.store.delete(record)
         raise
-    JOBS_SUBMITTED.labels(spec.name).inc()
-    TEXTS_SUBMITTED.labels(spec.name).inc(len(texts))
-    return record
 
 
 def submit_and_wait(texts: list[str], model: str | None, timeout: float,

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 # Idle OpenMP threads sleep instead of spinning: the API, Redis and the load share these cores, and
@@ -183,8 +184,8 @@ class TextClassifier:
         return [len(ids) for ids in self.encode(texts)[0]["input_ids"]]
 
     def windows_per_text(self, texts: list[str]) -> list[int]:
-        owners = self.encode(texts)[1]
-        return [owners.count(i) for i in range(len(texts))]
+        windows = Counter(self.encode(texts)[1])
+        return [windows[i] for i in range(len(texts))]
 
     def _pad(self, encoded: dict[str, list[list[int]]], group: list[int]) -> dict[str, np.ndarray]:
         """One pass's int64 arrays, padded to its longest text on the tokenizer's side."""

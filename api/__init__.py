@@ -28,6 +28,7 @@ from shared.completions import CompletionListener
 from shared.config import Settings, get_settings
 from shared.jobs import JobStore
 from shared.model_registry import load_specs
+from shared.queues import capture_producer
 from shared.redis_client import make_redis
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         schemas=build_schemas(settings.max_batch_items, settings.max_text_chars, settings.max_wait_seconds,
                               tuple(specs), settings.webhook_allowed_hosts,
                               tuple(spec.model_id for spec in specs.values())),
+        capture_producer=capture_producer(celery),
     )
     register_error_handlers(app)
     _register_outage_handler(app)

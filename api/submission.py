@@ -63,7 +63,8 @@ def _create_with_message(svc, spec: ModelSpec, record: JobRecord) -> None:
     """This project's Redis transport on the record Redis: one script call reads the depth and, below
     MAX_QUEUE_DEPTH, writes the record and pushes the message Celery built but did not send."""
     with captured_publishes() as messages:
-        publish_job(svc.celery, record.job_id, spec.name, record.texts, record.enqueued_ts, retry=False)
+        publish_job(svc.celery, record.job_id, spec.name, record.texts, record.enqueued_ts, captured=True,
+                    producer=svc.capture_producer)
     (message,) = messages
     max_depth = svc.settings.max_queue_depth
     if svc.store.create_unless_full(record, broker_lists(spec.queue), max_depth, message) >= max_depth:

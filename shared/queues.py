@@ -21,12 +21,24 @@ def broker_lists(queue: str) -> list[str]:
     return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS if step]
 
 
+def capture_producer(celery_app):
+    """A kombu producer for captured publishes (shared.kombu_redis.captured_publishes), made once per
+    process and shared by its threads. Under capture, publishing only builds a message: no I/O on the
+    producer's connection (its channel is opened once, on first use) and nothing kept between calls, so
+    checking a producer out of Celery's pool for every job is repeated work."""
+    return celery_app.amqp.Producer(celery_app.connection_for_write(), auto_declare=False)
+
+
 def publish_job(celery_app, job_id: str, model: str, texts: list[str], enqueued_at: float,
-                retry: bool = True) -> None:
+                captured: bool = False, producer=None) -> None:
     """Send one job's task message. The task id is the job id; `enqueued_at` feeds queue-age metrics.
-    retry=False: no publish retry (a captured publish writes nothing, so there is nothing to retry)."""
+    captured=True (inside shared.kombu_redis.captured_publishes): the message is only built, so no publish
+    retry (nothing is written, nothing to retry) and no queue declaration (kombu would bind the queue to
+    the channel again for every message, ~20 us of object copies; the list needs no declaring and the
+    worker declares the queues it consumes). `producer`: capture_producer()'s, with captured=True only."""
     # argsrepr/kwargsrepr given: Celery would otherwise saferepr() the texts into every message's
     # headers, which costs CPU per job and copies user text into anything that logs headers.
     celery_app.send_task(MODERATE_TASK, args=[job_id, model, texts], queue=queue_for_model(model),
                          task_id=job_id, headers={"enqueued_at": enqueued_at},
-                         argsrepr=f"[{job_id!r}, {model!r}, <{len(texts)} texts>]", kwargsrepr="{}", retry=retry)
+                         argsrepr=f"[{job_id!r}, {model!r}, <{len(texts)} texts>]", kwargsrepr="{}",
+                         retry=not captured, declare=[] if captured else None, producer=producer)

@@ -22,7 +22,7 @@ from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import celery_app
 from shared.config import Settings
-from shared.kombu_redis import batched_acks
+from shared.kombu_redis import acks_from_any_thread, batched_acks, more_in_fetch
 from shared.queues import MODERATE_TASK
 from worker.pipeline import BatchReport, process_batch
 from worker.runtime import get_runtime
@@ -70,8 +70,9 @@ class AckStoredBatches(Batches):
         def buffer_or_run_now(*args, **kwargs):
             buffer_request(*args, **kwargs)
             # The model has room (no batch in flight, or fewer than WORKER_CONCURRENCY): nothing to wait
-            # for, so the buffer goes now instead of at the next tick of the BATCH_MAX_WAIT_MS timer.
-            if self._in_flight < self.max_in_flight and not self._buffer.empty():
+            # for, so the buffer goes now instead of at the next tick of the BATCH_MAX_WAIT_MS timer, once
+            # the last message of a group fetched in one round trip is in (shared/kombu_redis.py).
+            if self._in_flight < self.max_in_flight and not self._buffer.empty() and not more_in_fetch():
                 self._do_flush()
         return buffer_or_run_now
 
@@ -94,7 +95,7 @@ class AckStoredBatches(Batches):
                 with batched_acks():  # Redis transport: one round trip for the batch's acks
                     for request in requests:
                         if request.id in done:
-                            request.acknowledge()
+                            acknowledge(request)
                         elif request.id not in deferred and not report.unacknowledged:
                             request.reject(requeue=True)
             except Exception as exc:  # noqa: BLE001
@@ -126,6 +127,19 @@ class AckStoredBatches(Batches):
             if not GATE.hold_until_store_answers(store_answers):
                 # Shutting down during the outage: leave the messages unacknowledged for the broker to redeliver.
                 return BatchReport(unacknowledged=True)
+
+
+def acknowledge(request) -> None:
+    """Celery acknowledges a request on the consumer's event loop, one message per loop callback (the AMQP
+    channel is not thread-safe). kombu's Redis acknowledgements are (its QoS takes acks from other
+    threads), so on the Redis transport the message is acknowledged here, inside batched_acks()."""
+    if request.acknowledged:
+        return
+    if acks_from_any_thread(request.message):
+        request.message.ack()
+        request.acknowledged = True
+    else:
+        request.acknowledge()
 
 
 def store_answers() -> bool:

@@ -67,13 +67,6 @@ def more_in_fetch() -> bool:
     return getattr(_capture, "fetch_left", 0) > 0
 
 
-def acks_from_any_thread(message) -> bool:
-    """Whether this message came through this transport, whose acknowledgements any thread may make
-    (kombu's Redis QoS marks acks from other threads for the consuming thread; the commands go through
-    redis-py's thread-safe pool)."""
-    return isinstance(getattr(message, "channel", None), Channel)
-
-
 # KEYS: the queue's lists in BRPOP's order (priorities), then kombu's unacked index and unacked hash.
 # ARGV: how many more at most, the time for the index, then the delivery tag and unacked entry of the
 # message BRPOP just popped. Records that message, then pops and records up to n more, each as

@@ -22,7 +22,7 @@ from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import celery_app
 from shared.config import Settings
-from shared.kombu_redis import acks_from_any_thread, batched_acks, more_in_fetch
+from shared.kombu_redis import batched_acks, more_in_fetch
 from shared.queues import MODERATE_TASK
 from worker.pipeline import BatchReport, process_batch
 from worker.runtime import get_runtime
@@ -66,6 +66,7 @@ class AckStoredBatches(Batches):
 
     def Strategy(self, task, app, consumer):
         buffer_request = super().Strategy(task, app, consumer)
+        self._consumer = consumer
 
         def buffer_or_run_now(*args, **kwargs):
             buffer_request(*args, **kwargs)
@@ -92,12 +93,11 @@ class AckStoredBatches(Batches):
         finally:
             done, deferred = set(report.done), set(report.deferred)
             try:
-                with batched_acks():  # Redis transport: one round trip for the batch's acks
-                    for request in requests:
-                        if request.id in done:
-                            acknowledge(request)
-                        elif request.id not in deferred and not report.unacknowledged:
-                            request.reject(requeue=True)
+                stored = [request for request in requests if request.id in done]
+                acknowledge_on_event_loop(self._consumer, stored)
+                for request in requests:
+                    if request.id not in done and request.id not in deferred and not report.unacknowledged:
+                        request.reject(requeue=True)
             except Exception as exc:  # noqa: BLE001
                 # The broker connection died under us: the broker redelivers these messages itself
                 # (RabbitMQ at once, Redis after the visibility timeout). The slot below must still be
@@ -129,17 +129,25 @@ class AckStoredBatches(Batches):
                 return BatchReport(unacknowledged=True)
 
 
-def acknowledge(request) -> None:
-    """Celery acknowledges a request on the consumer's event loop, one message per loop callback (the AMQP
-    channel is not thread-safe). kombu's Redis acknowledgements are (its QoS takes acks from other
-    threads), so on the Redis transport the message is acknowledged here, inside batched_acks()."""
-    if request.acknowledged:
-        return
-    if acks_from_any_thread(request.message):
-        request.message.ack()
+def acknowledge_on_event_loop(consumer, requests) -> None:
+    """Acknowledge these requests in one callback on the consumer's event loop, where Celery itself
+    acknowledges (request.acknowledge() schedules one callback per message), and on the Redis transport
+    in one pipeline (batched_acks). The loop wakes as for Celery's own acks, so the freed prefetch room
+    is used at once."""
+    messages = [request.message for request in requests if not request.acknowledged]
+    for request in requests:
         request.acknowledged = True
-    else:
-        request.acknowledge()
+    if messages:
+        consumer.call_soon(_ack_messages, messages)
+
+
+def _ack_messages(messages) -> None:
+    try:
+        with batched_acks():
+            for message in messages:
+                message.ack_log_error(log, (Exception,))
+    except Exception as exc:  # noqa: BLE001 (as Celery's own ack: the broker redelivers them)
+        log.warning("could not acknowledge a batch (the broker will redeliver it): %s", exc)
 
 
 def store_answers() -> bool:

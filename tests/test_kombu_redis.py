@@ -115,6 +115,19 @@ def kombu_entry(message) -> list:
                                    message.delivery_info["routing_key"]]))
 
 
+def test_kombus_own_unacked_entry_is_what_the_fetch_script_writes(redis_server, redis_client):
+    """Pins kombu's QoS.append (the stock transport): the entry kombu_entry() expects is kombu's own."""
+    with Connection(redis_server.url, transport="redis") as connection:
+        queue = connection.SimpleQueue("fetch.stock")
+        queue.put({"n": 0})
+        message = queue.get(timeout=10)
+        qos = queue.channel.qos
+        assert json.loads(redis_client.hget(qos.unacked_key, message.delivery_tag)) == kombu_entry(message)
+        assert redis_client.zscore(qos.unacked_index_key, message.delivery_tag) is not None
+        message.ack()
+        queue.close()
+
+
 def watch_commands(redis_client) -> list[tuple[str, str]]:
     """Redis commands seen from now on (MONITOR), as (client type, command line)."""
     commands: list[tuple[str, str]] = []

@@ -25,12 +25,14 @@ import requests
 from kombu import Connection
 from kombu.utils.json import dumps as kombu_dumps
 
+from shared import metrics as names
 from shared.celery_app import make_celery
 from shared.config import load_settings
 from shared.jobs import job_key
 from shared.kombu_redis import TRANSPORT, batched_acks, captured_publishes
 from shared.queues import publish_job, queue_for_model
-from tests.support import base_env, start_api, wait_until
+from tests import scrape
+from tests.support import base_env, start_api, start_worker, wait_for_job, wait_until
 
 
 def without_delivery_tag(payload: str) -> dict:
@@ -230,3 +232,32 @@ def test_a_message_not_in_kombus_shape_ends_the_fetch_and_stays_in_the_queue(red
         assert redis_client.hlen(queue.channel.qos.unacked_key) == 2
         assert [json.loads(m).get("not") for m in redis_client.lrange("fetch.odd", 0, -1)] == [None, "kombu"]
         queue.close()
+
+
+def test_a_worker_takes_a_backlog_a_batch_per_round_trip_and_acknowledges_it(
+        redis_server, redis_client, tiny_multilabel_model, tmp_path):
+    """End to end: with 20 jobs waiting, the worker's first fetch brings 16 (BATCH_MAX_TEXTS) and the batch
+    starts once the group is in, not with its first message alone; every message is acknowledged."""
+    env = base_env(redis_server.url, MODELS=f"tiny={tiny_multilabel_model}", DEFAULT_MODEL="tiny",
+                   BATCH_MAX_TEXTS="16", BATCH_MAX_WAIT_MS="50", CACHE_TTL="0")
+    api = start_api(env, tmp_path / "api.log")
+    try:
+        job_ids = []
+        for n in range(20):
+            response = requests.post(api.url + "/generate", json={"input_text": f"backlog text {n}"}, timeout=10)
+            assert response.status_code == 202, response.text
+            job_ids.append(response.json()["job_id"])
+        worker = start_worker(env, tmp_path / "worker.log", models=["tiny"])
+        try:
+            for job_id in job_ids:
+                assert wait_for_job(api.url, job_id, timeout=60)["status"] == "succeeded"
+            samples = scrape.worker_samples(f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics")
+            passes = scrape.metric(samples, names.BATCH_SIZE + "_count", "tiny")
+            small = scrape.metric(samples, names.BATCH_SIZE + "_bucket", "tiny", le="8.0")
+            # 16 then 4 (kombu alone: the first message alone at once, then the rest as they came).
+            assert (passes, small) == (2, 1), (passes, small)
+            wait_until(lambda: redis_client.hlen("unacked") == 0, timeout=10, what="every message acknowledged")
+        finally:
+            worker.stop()
+    finally:
+        api.stop()

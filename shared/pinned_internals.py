@@ -10,7 +10,8 @@
   `celery_batches.trace.apply_batches_task`.
 - celery: celery-batches supports only a range of it, and the worker's bootsteps hook into its consumer;
   worker/tasks.py acknowledges a batch through `Consumer.call_soon` and `Request.message`/`acknowledged`,
-  as Celery's own `Request.acknowledge()` does one message at a time.
+  as Celery's own `Request.acknowledge()` does one message at a time, and then calls
+  `Consumer._restore_prefetch_count_after_connection_restart` per ack as Celery's ack promise does.
 
 The one source of these versions: requirements/*.txt pin them (and `make lock` locks them) to the same
 numbers, and tests/test_versions.py fails loudly while what is installed differs. Moving to another

@@ -138,16 +138,21 @@ def acknowledge_on_event_loop(consumer, requests) -> None:
     for request in requests:
         request.acknowledged = True
     if messages:
-        consumer.call_soon(_ack_messages, messages)
+        consumer.call_soon(_ack_messages, consumer, messages)
 
 
-def _ack_messages(messages) -> None:
+def _ack_messages(consumer, messages) -> None:
     try:
         with batched_acks():
             for message in messages:
                 message.ack_log_error(log, (Exception,))
     except Exception as exc:  # noqa: BLE001 (as Celery's own ack: the broker redelivers them)
         log.warning("could not acknowledge a batch (the broker will redeliver it): %s", exc)
+    if consumer.restart_count > 0:
+        # What Celery chains on each ack after a reconnect: the prefetch count it lowered while requests
+        # were active climbs back one step per ack (a no-op once restored).
+        for _ in messages:
+            consumer._restore_prefetch_count_after_connection_restart(None)
 
 
 def store_answers() -> bool:

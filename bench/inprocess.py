@@ -42,6 +42,22 @@ def batched_rate_and_cpu(classifier: TextClassifier, texts: list[str], batch_siz
     return len(texts) / (time.perf_counter() - started), (time.process_time() - cpu_started) / len(texts)
 
 
+def grouped_cpu_per_text(classifier: TextClassifier, texts: list[str], group_sizes: list[int],
+                         max_tokens: int) -> float:
+    """CPU seconds per text scoring `texts` in arrival order in groups of these sizes (cycled), each group
+    cut into length-sorted passes as the worker cuts a batch: the model's own CPU at the service's sizes."""
+    classifier.score_many(texts[:64], max(group_sizes), max_tokens)  # warm-up
+    cpu_started, start = time.process_time(), 0
+    while start < len(texts):
+        for size in group_sizes:
+            classifier.score_many(texts[start:start + size], size, max_tokens)
+            start += size
+            if start >= len(texts):
+                break
+    sync_device(classifier)
+    return (time.process_time() - cpu_started) / len(texts)
+
+
 def single_text_seconds(classifier: TextClassifier, texts: list[str]) -> float:
     """Median time to score one text on its own (tokenize + forward + softmax)."""
     classifier.scores(texts[:5])

@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import inprocess, load, report
 from bench.corpus import CORPUS_FILE, load_texts
 from bench.profile import profiling
-from bench.stack import CpuMeter, histogram_totals, rss_mb, service_env
+from bench.stack import CpuMeter, histogram_buckets, histogram_totals, pass_sizes, rss_mb, service_env
 from scripts.launch import RedisServer, start_api, start_worker
 from shared import metrics as metric_names
 from shared.config import BUNDLED_MODEL_PATH, PROJECT_ROOT, Settings, get_settings
@@ -24,9 +24,10 @@ from worker.inference import cpu_quota
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 NOTES_MARKER = "## Notes"
-# issue 9's targets (2 cores, bundled model, cache off); the GPU keeps S/B >= 5.
-TARGETS = {"S/B": 3.0, "S/B (GPU)": 5.0, "S/L": 0.6, "S32/L": 0.85, "light extra ms": 8.0, "enqueue": 1500.0,
-           "API CPU ms": 1.0, "worker extra CPU ms": 1.0, "API RSS MB": 150.0}
+# issue 20's targets (quiet 2 cores, bundled model, cache off); the GPU keeps S/B >= 5. The enqueue rate and
+# API RSS are issue 9's, still shown.
+TARGETS = {"S/B": 3.0, "S/B (GPU)": 5.0, "S/L": 0.35, "S32/L": 0.9, "light extra ms": 6.0, "API CPU ms": 1.0,
+           "worker extra CPU ms": 1.0, "enqueue": 1500.0, "API RSS MB": 150.0}
 CPU_COLUMNS = ("API", "worker", "Redis", "clients", "API+model")  # the CPU table's process columns, in order
 QUICK = {"texts": 600, "sweep_texts": 300, "light_texts": 60, "batch_sizes": "1,16,32"}
 
@@ -107,6 +108,21 @@ def measure_inprocess(args, model_path: str, device: str, texts: list[str]) -> t
     return rows, {"limit": limit, "single": single, "cpu_per_text": cpu_per_text, "engine": engine}
 
 
+def forward_cpu_at(model_path: str, device: str, texts: list[str], sizes: dict[int, int]) -> float:
+    """CPU seconds per text of the model alone in forward passes of the sizes the service ran ({size: passes};
+    the worker exposes forward-pass wall time only, and onnx's threads make CPU differ from it)."""
+    order = [size for size, passes in sorted(sizes.items()) for _ in range(passes)]
+    # Interleave small and large passes so that a corpus shorter than the service's run sees every size.
+    group_sizes = [size for pair in zip(order, reversed(order)) for size in pair][:len(order)] or [1]
+    classifier = inprocess.load_classifier(model_path, device)
+    try:
+        return inprocess.grouped_cpu_per_text(classifier, texts, group_sizes,
+                                               get_settings().batch_max_tokens or classifier.token_budget)
+    finally:
+        del classifier
+        gc.collect()
+
+
 def load_row(name: str, what: str, result: load.LoadResult, texts_per_request: int = 1) -> report.Row:
     note = f"{result.requests} requests" + (f", **{result.failures} failed**" if result.failures else "")
     return report.Row(name, what, result.rate * texts_per_request, result.percentile(50), result.percentile(95),
@@ -130,10 +146,12 @@ def measure_service(args, env: dict, redis, texts: list[str], logs: Path) -> dic
         try:
             load.run_load(api.url, texts[-100:], args.clients, load.moderate_via_queue)  # warm-up
             before = histogram_totals(metrics_url, metric_names.BATCH_SIZE)
+            sizes_before = histogram_buckets(metrics_url, metric_names.BATCH_SIZE)
             with CpuMeter({"API": api.process.pid, "worker": worker.process.pid, "Redis": redis.process.pid}
                           ) as out["served_cpu"], profiling(args.profile, {"api": api, "worker": worker}):
                 out["served"] = load.run_load(api.url, texts, args.clients, load.moderate_via_queue)
             after = histogram_totals(metrics_url, metric_names.BATCH_SIZE)
+            out["pass_sizes"] = pass_sizes(sizes_before, histogram_buckets(metrics_url, metric_names.BATCH_SIZE))
             out["mean_batch"] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
             log(f"S: {out['served'].rate:.0f} texts/s, p50 {out['served'].percentile(50) * 1000:.0f} ms, mean "
                 f"forward pass {out['mean_batch']:.1f} texts, CPU ms per text "
@@ -228,9 +246,14 @@ def main(argv: list[str]) -> int:
     served, multi, light, enqueue = svc["served"], svc["multi"], svc["light"], svc["enqueue"]
     served_cpu, multi_cpu = svc["served_cpu"].per_item(served.requests), svc["multi_cpu"].per_item(len(texts))
     enqueue_cpu = svc["enqueue_cpu"].per_item(enqueue.requests)
-    worker_extra = served_cpu["worker"] - model["cpu_per_text"] * 1000
+    forward_cpu_ms = forward_cpu_at(model_path, device, texts, svc["pass_sizes"]) * 1000
+    sizes_note = ", ".join(f"{size}: {passes}" for size, passes in sorted(svc["pass_sizes"].items()))
+    log(f"model alone in S's forward-pass sizes ({sizes_note}): {forward_cpu_ms:.2f} CPU ms per text")
+    worker_extra = served_cpu["worker"] - forward_cpu_ms
+    worker_minus_l = served_cpu["worker"] - model["cpu_per_text"] * 1000
     rows.append(load_row("S", f"queue-backed service, {args.clients} clients, single-text jobs (POST wait=)", served))
-    rows[-1].note += f"; mean forward pass {svc['mean_batch']:.1f} texts; CPU ms per text: {report.ms_list(served_cpu)}"
+    rows[-1].note += (f"; mean forward pass {svc['mean_batch']:.1f} texts (passes by size, histogram bucket middles: "
+                      f"{sizes_note}); CPU ms per text: {report.ms_list(served_cpu)}")
     rows.append(load_row(f"S{args.job_texts}", f"as S, {args.job_texts} texts per job", multi, args.job_texts))
     rows[-1].note += f"; CPU ms per text: {report.ms_list(multi_cpu)}"
     sync_result = sync.get("sync")
@@ -262,22 +285,28 @@ def main(argv: list[str]) -> int:
         (f"S{args.job_texts}/L", f"{s32_over_l:.2f}", f">= {TARGETS['S32/L']}", s32_over_l >= TARGETS["S32/L"]),
         ("light-load p50 - single-text model time (L1)", f"{extra_ms:.1f} ms", f"<= {TARGETS['light extra ms']:g} ms",
          extra_ms <= TARGETS["light extra ms"]),
-        ("enqueue rate (no worker)", f"{enqueue.rate:,.0f} jobs/s", f">= {TARGETS['enqueue']:,.0f} jobs/s",
-         enqueue.rate >= TARGETS["enqueue"]),
+        (f"worker CPU per text beyond its forward passes (S worker - the model alone in passes of S's sizes: "
+         f"{forward_cpu_ms:.2f} ms)", f"{worker_extra:.2f} ms",
+         f"<= {TARGETS['worker extra CPU ms']} ms", worker_extra <= TARGETS["worker extra CPU ms"]),
         ("API CPU per accepted job (enqueue row)", f"{enqueue_cpu['API']:.2f} ms", f"<= {TARGETS['API CPU ms']} ms",
          enqueue_cpu["API"] <= TARGETS["API CPU ms"]),
         ("API CPU per job, accepted and waited for (S)", f"{served_cpu['API']:.2f} ms",
          f"<= {TARGETS['API CPU ms']} ms", served_cpu["API"] <= TARGETS["API CPU ms"]),
-        ("worker CPU per text beyond the forward pass (S worker - L)", f"{worker_extra:.2f} ms",
-         f"<= {TARGETS['worker extra CPU ms']} ms", worker_extra <= TARGETS["worker extra CPU ms"]),
-        ("API RSS", f"{svc['api_rss']:.0f} MB", f"<= {TARGETS['API RSS MB']:g} MB",
-         svc["api_rss"] <= TARGETS["API RSS MB"]),
         ("failed requests", str(failures), "0", failures == 0),
+        # Not issue 20's: issue 9's figures, and the old worker measure (against L's batches of 32).
+        ("(issue 9) enqueue rate (no worker)", f"{enqueue.rate:,.0f} jobs/s", f">= {TARGETS['enqueue']:,.0f} jobs/s",
+         enqueue.rate >= TARGETS["enqueue"]),
+        ("(issue 9) API RSS", f"{svc['api_rss']:.0f} MB", f"<= {TARGETS['API RSS MB']:g} MB",
+         svc["api_rss"] <= TARGETS["API RSS MB"]),
+        ("(issue 9) S worker CPU per text - L's", f"{worker_minus_l:.2f} ms",
+         f"<= {TARGETS['worker extra CPU ms']} ms", worker_minus_l <= TARGETS["worker extra CPU ms"]),
     ]
     description += "\n- load average after the run: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
     # L ran in this process: its CPU is the model's alone, shown under "worker" (what the worker adds to it
     # is the S worker figure minus L's).
-    cpu_rows = {"L": {"worker": model["cpu_per_text"] * 1000}, "S": served_cpu, f"S{args.job_texts}": multi_cpu}
+    cpu_rows = {"L": {"worker": model["cpu_per_text"] * 1000},
+                "model alone in S's forward-pass sizes": {"worker": forward_cpu_ms},
+                "S": served_cpu, f"S{args.job_texts}": multi_cpu}
     if sync_result is not None:
         cpu_rows["B"] = sync["sync_cpu"].per_item(sync_result.requests)
     cpu_rows["light"] = svc["light_cpu"].per_item(light.requests)

@@ -97,3 +97,30 @@ def histogram_totals(metrics_url: str, name: str) -> tuple[float, float]:
             else:
                 count += float(match.group(2))
     return total, count
+
+
+def histogram_buckets(metrics_url: str, name: str) -> dict[float, float]:
+    """A Prometheus histogram's cumulative bucket counts ({le: count}, +Inf as inf) over all its labels."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        match = re.match(rf'{name}_bucket\{{.*le="([^"]+)".*\}} ([0-9.e+-]+)$', line)
+        if match:
+            bound = float(match.group(1))  # "+Inf" parses as inf
+            buckets[bound] = buckets.get(bound, 0.0) + float(match.group(2))
+    return buckets
+
+
+def pass_sizes(before: dict[float, float], after: dict[float, float]) -> dict[int, int]:
+    """Forward passes by size between two readings of the pass-size histogram: each bucket's passes
+    counted at its middle size ((4, 8] as 6), the nearest a histogram tells."""
+    sizes: dict[int, int] = {}
+    below, lower = 0.0, 0.0
+    for bound in sorted(after):
+        cumulative = after[bound] - before.get(bound, 0.0)
+        passes = int(round(cumulative - below))
+        if passes > 0 and bound != float("inf"):
+            size = max(1, int((lower + 1 + bound) // 2))
+            sizes[size] = sizes.get(size, 0) + passes
+        below, lower = cumulative, bound
+    return sizes

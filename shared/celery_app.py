@@ -80,6 +80,8 @@ def _redis_transport_options(settings: Settings) -> dict:
         "socket_timeout": max(settings.redis_socket_timeout, 5.0),
         "socket_connect_timeout": settings.redis_socket_timeout,
         "health_check_interval": 10,
+        # Up to a batch of messages per round trip (shared/kombu_redis.py), within the prefetch limit.
+        "fetch_max": settings.batch_max_texts,
     }
 
 

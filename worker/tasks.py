@@ -22,7 +22,7 @@ from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import celery_app
 from shared.config import Settings
-from shared.kombu_redis import batched_acks
+from shared.kombu_redis import batched_acks, more_in_fetch
 from shared.queues import MODERATE_TASK
 from worker.pipeline import BatchReport, process_batch
 from worker.runtime import get_runtime
@@ -66,12 +66,14 @@ class AckStoredBatches(Batches):
 
     def Strategy(self, task, app, consumer):
         buffer_request = super().Strategy(task, app, consumer)
+        self._consumer = consumer
 
         def buffer_or_run_now(*args, **kwargs):
             buffer_request(*args, **kwargs)
             # The model has room (no batch in flight, or fewer than WORKER_CONCURRENCY): nothing to wait
-            # for, so the buffer goes now instead of at the next tick of the BATCH_MAX_WAIT_MS timer.
-            if self._in_flight < self.max_in_flight and not self._buffer.empty():
+            # for, so the buffer goes now instead of at the next tick of the BATCH_MAX_WAIT_MS timer, once
+            # the last message of a group fetched in one round trip is in (shared/kombu_redis.py).
+            if self._in_flight < self.max_in_flight and not self._buffer.empty() and not more_in_fetch():
                 self._do_flush()
         return buffer_or_run_now
 
@@ -91,12 +93,11 @@ class AckStoredBatches(Batches):
         finally:
             done, deferred = set(report.done), set(report.deferred)
             try:
-                with batched_acks():  # Redis transport: one round trip for the batch's acks
-                    for request in requests:
-                        if request.id in done:
-                            request.acknowledge()
-                        elif request.id not in deferred and not report.unacknowledged:
-                            request.reject(requeue=True)
+                stored = [request for request in requests if request.id in done]
+                acknowledge_on_event_loop(self._consumer, stored)
+                for request in requests:
+                    if request.id not in done and request.id not in deferred and not report.unacknowledged:
+                        request.reject(requeue=True)
             except Exception as exc:  # noqa: BLE001
                 # The broker connection died under us: the broker redelivers these messages itself
                 # (RabbitMQ at once, Redis after the visibility timeout). The slot below must still be
@@ -126,6 +127,32 @@ class AckStoredBatches(Batches):
             if not GATE.hold_until_store_answers(store_answers):
                 # Shutting down during the outage: leave the messages unacknowledged for the broker to redeliver.
                 return BatchReport(unacknowledged=True)
+
+
+def acknowledge_on_event_loop(consumer, requests) -> None:
+    """Acknowledge these requests in one callback on the consumer's event loop, where Celery itself
+    acknowledges (request.acknowledge() schedules one callback per message), and on the Redis transport
+    in one pipeline (batched_acks). The loop wakes as for Celery's own acks, so the freed prefetch room
+    is used at once."""
+    messages = [request.message for request in requests if not request.acknowledged]
+    for request in requests:
+        request.acknowledged = True
+    if messages:
+        consumer.call_soon(_ack_messages, consumer, messages)
+
+
+def _ack_messages(consumer, messages) -> None:
+    try:
+        with batched_acks():
+            for message in messages:
+                message.ack_log_error(log, (Exception,))
+    except Exception as exc:  # noqa: BLE001 (as Celery's own ack: the broker redelivers them)
+        log.warning("could not acknowledge a batch (the broker will redeliver it): %s", exc)
+    if consumer.restart_count > 0:
+        # What Celery chains on each ack after a reconnect: the prefetch count it lowered while requests
+        # were active climbs back one step per ack (a no-op once restored).
+        for _ in messages:
+            consumer._restore_prefetch_count_after_connection_restart(None)
 
 
 def store_answers() -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
+import math
 import os
 import shutil
 import sys
@@ -129,6 +131,14 @@ def load_row(name: str, what: str, result: load.LoadResult, texts_per_request: i
                       result.percentile(99), note)
 
 
+def multi_text_jobs(texts: list[str], job_texts: int, clients: int) -> list[list[str]]:
+    """Jobs of `job_texts` texts, at least four per client (the corpus cycled; the cache is off), so S32's
+    rate is a steady state rather than one wave's ramp and tail (600 texts are 19 jobs for 32 clients)."""
+    count = max(math.ceil(len(texts) / job_texts), 4 * clients)
+    cycled = list(itertools.islice(itertools.cycle(texts), count * job_texts))
+    return [cycled[i:i + job_texts] for i in range(0, len(cycled), job_texts)]
+
+
 def measure_service(args, env: dict, redis, texts: list[str], logs: Path) -> dict:
     """Enqueue (no worker), then S, S32 and light load against one API and one worker."""
     out: dict = {}
@@ -156,7 +166,7 @@ def measure_service(args, env: dict, redis, texts: list[str], logs: Path) -> dic
             log(f"S: {out['served'].rate:.0f} texts/s, p50 {out['served'].percentile(50) * 1000:.0f} ms, mean "
                 f"forward pass {out['mean_batch']:.1f} texts, CPU ms per text "
                 f"{out['served_cpu'].per_item_ms(out['served'].requests)}")
-            jobs = [texts[i:i + args.job_texts] for i in range(0, len(texts), args.job_texts)]
+            jobs = multi_text_jobs(texts, args.job_texts, args.clients)
             with CpuMeter({"API": api.process.pid, "worker": worker.process.pid, "Redis": redis.process.pid}
                           ) as out["multi_cpu"]:
                 out["multi"] = load.run_load(api.url, jobs, args.clients, load.moderate_via_queue)

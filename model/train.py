@@ -43,6 +43,7 @@ from model.modeling import (
     is_trained_parameter,
     trained_weights_fp16,
 )
+from model.obfuscate import AUGMENTED_SHARE, augment
 
 
 def parse_args(argv=None):
@@ -194,7 +195,7 @@ def training_record(args, command, seconds, steps):
             "epochs": args.epochs, "epoch_size": args.epoch_size, "batch_size": args.batch_size,
             "lr": args.lr, "seed": args.seed, "threads": args.threads,
             "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
-            "bucket_shares": BUCKET_SHARES}
+            "bucket_shares": BUCKET_SHARES, "obfuscated_copies_share": AUGMENTED_SHARE}
 
 
 def evaluate_and_save(weights, splits, tokenizer, output, record, command, int8=False):
@@ -260,7 +261,7 @@ def main(argv=None):
         record = {"command": previous["command"], **previous["training"]}
     else:
         model = build_classifier(seed=args.seed)
-        steps = train(model, tokenizer, splits["train"], args)
+        steps = train(model, tokenizer, augment(splits["train"], args.seed), args)
         weights = trained_weights_fp16(model)
         record = training_record(args, command, time.time() - started, steps)
     fp16_report = evaluate_and_save(weights, splits, tokenizer, output, record, command, int8=args.int8)

@@ -159,7 +159,10 @@ class TextClassifier:
         max_length is one window, exactly as the tokenizer gives it."""
         with self._tokenizer_lock:
             encoded = self.tokenizer(texts, truncation=False, return_special_tokens_mask=True, verbose=False)
-            offsets = self._long_text_offsets(texts, encoded["special_tokens_mask"])
+        # A fast tokenizer's encodings hold each token's character offsets: read only for the texts longer
+        # than one window (where sentences are found), as asking for every text's offset mapping cost ~2%
+        # of the CPU time of a batch of tweets, of which ~5% need them. None for a slow tokenizer.
+        encodings = encoded.encodings if getattr(self.tokenizer, "is_fast", False) else None
         names = [name for name in self.backend.input_names if name in encoded]
         windows: dict[str, list[list[int]]] = {name: [] for name in names}
         owners: list[int] = []
@@ -168,8 +171,8 @@ class TextClassifier:
             suffix = next((i for i, flag in enumerate(reversed(special)) if not flag), 0)
             content = len(special) - prefix - suffix
             read = min(content, self.max_text_tokens)
-            starts = sentence_starts(texts[index], offsets[index][prefix:prefix + read]) \
-                if index in offsets and read > self.window_size else []
+            starts = sentence_starts(texts[index], encodings[index].offsets[prefix:prefix + read]) \
+                if encodings and read > self.window_size else []
             for start, end in plan_windows(read, self.window_size, starts):
                 for name in names:
                     row = encoded[name][index]
@@ -177,18 +180,6 @@ class TextClassifier:
                                          else row[:prefix] + row[prefix + start:prefix + end] + row[len(row) - suffix:])
                 owners.append(index)
         return windows, owners
-
-    def _long_text_offsets(self, texts: list[str], special_masks: list[list[int]]) -> dict[int, list]:
-        """Character offsets of each token, for the texts longer than one window only (where sentences are
-        found): asking the tokenizer for every text's offsets cost ~2% of the CPU time of a batch of tweets,
-        of which ~5% need them. Empty for a slow tokenizer (no offsets: long texts get no sentence windows)."""
-        long = [i for i, special in enumerate(special_masks)
-                if len(special) - sum(special) > self.window_size]
-        if not long or not getattr(self.tokenizer, "is_fast", False):
-            return {}
-        mapped = self.tokenizer([texts[i] for i in long], truncation=False, return_offsets_mapping=True,
-                                verbose=False)["offset_mapping"]
-        return dict(zip(long, mapped, strict=True))
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per window, windows in text order (one per text up to max_length tokens)."""

@@ -347,10 +347,11 @@ def frozen_suite_near_duplicates(examples):
     return set(near_duplicates([e.text for e in examples], frozen_test_cases()))
 
 
-def load_all(datasets_dir):
+def load_all(datasets_dir, weak_spots=False):
     """Every source, de-duplicated, without the functional suite's sentences or near-duplicates of its
-    frozen test half. (Model v2's weights were trained before the near-duplicates were left out.)"""
-    extra = written_examples()
+    frozen test half. (Model v2's weights were trained before the near-duplicates were left out.)
+    weak_spots: also the templated weak-spot examples (`python -m model.train --weak-spots`)."""
+    extra = written_examples() if weak_spots else load_extra_examples()
     near = frozen_suite_near_duplicates(extra)
     return deduplicate(
         [e for e in extra if e.text not in near] + load_ailuminate(datasets_dir) + load_toxigen(datasets_dir)
@@ -359,10 +360,10 @@ def load_all(datasets_dir):
     )
 
 
-def load_splits(datasets_dir):
-    """All sources as {"train": [...], "val": [...], "test": [...]}."""
+def load_splits(datasets_dir, weak_spots=False):
+    """All sources as {"train": [...], "val": [...], "test": [...]} (weak_spots: as load_all's)."""
     splits = {"train": [], "val": [], "test": []}
-    for example in load_all(datasets_dir):
+    for example in load_all(datasets_dir, weak_spots):
         name = "train" if example.source in TRAIN_ONLY_SOURCES else split_name(example.text)
         splits[name].append(example)
     return splits

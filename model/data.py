@@ -19,6 +19,7 @@ LABELS = ("hate", "harassment", "violence", "self-harm", "sexual")
 MODEL_DIR = os.path.dirname(__file__)
 EXTRA_EXAMPLES_PATH = os.path.join(MODEL_DIR, "extra_examples.tsv")
 FUNCTIONAL_SUITE_PATH = os.path.join(MODEL_DIR, "functional_suite.tsv")
+GENERATED_EXAMPLES_PATH = os.path.join(MODEL_DIR, "weak_spot_examples.tsv")  # python -m model.weak_spots
 
 # ToxiGen hate statements that also call for killing or elimination; checked by hand.
 TOXIGEN_VIOLENT_STATEMENTS = frozenset({
@@ -50,7 +51,13 @@ BUCKET_SHARES = {
     "ailuminate-hate": 0.02, "ailuminate-other": 0.02,
     "surge-clean": 0.04, "surge-toxic": 0.0,
     "extra-flagged": 0.11, "extra-clean": 0.14,
+    # Templated weak-spot examples (model/weak_spots.py), one bucket per topic and verdict.
+    "generated-identity-flagged": 0.02, "generated-identity-clean": 0.02,
+    "generated-violence-flagged": 0.012, "generated-violence-clean": 0.012,
+    "generated-self-harm-flagged": 0.008, "generated-self-harm-clean": 0.008,
+    "generated-insult-flagged": 0.015, "generated-insult-clean": 0.01,
 }
+TRAIN_ONLY_SOURCES = frozenset({"generated"})  # templated: siblings of one template would leak into val/test
 
 
 @dataclass(frozen=True)
@@ -287,6 +294,22 @@ def load_extra_examples(path=EXTRA_EXAMPLES_PATH):
     return examples
 
 
+def load_generated_examples(path=GENERATED_EXAMPLES_PATH):
+    """The templated weak-spot examples (model/weak_spots.py), bucketed by topic and verdict."""
+    examples = []
+    for row in read_tsv(path):
+        labels = parse_labels(row["labels"], row["text"])
+        verdict = "flagged" if any(labels) else "clean"
+        examples.append(make_example(row["text"], "generated", f"generated-{row['topic']}-{verdict}",
+                                     labels, (KNOWN,) * len(LABELS)))
+    return examples
+
+
+def written_examples():
+    """Every example the project wrote (by hand and from templates): what near-duplicate checks compare."""
+    return load_extra_examples() + load_generated_examples()
+
+
 def functional_suite_keys(path=FUNCTIONAL_SUITE_PATH):
     """Dedup keys of the functional test suite's sentences (never trained on)."""
     if not os.path.exists(path):
@@ -324,10 +347,11 @@ def frozen_suite_near_duplicates(examples):
     return set(near_duplicates([e.text for e in examples], frozen_test_cases()))
 
 
-def load_all(datasets_dir):
+def load_all(datasets_dir, weak_spots=False):
     """Every source, de-duplicated, without the functional suite's sentences or near-duplicates of its
-    frozen test half. (Model v2's weights were trained before the near-duplicates were left out.)"""
-    extra = load_extra_examples()
+    frozen test half. (Model v2's weights were trained before the near-duplicates were left out.)
+    weak_spots: also the templated weak-spot examples (`python -m model.train --weak-spots`)."""
+    extra = written_examples() if weak_spots else load_extra_examples()
     near = frozen_suite_near_duplicates(extra)
     return deduplicate(
         [e for e in extra if e.text not in near] + load_ailuminate(datasets_dir) + load_toxigen(datasets_dir)
@@ -336,11 +360,12 @@ def load_all(datasets_dir):
     )
 
 
-def load_splits(datasets_dir):
-    """All sources as {"train": [...], "val": [...], "test": [...]}."""
+def load_splits(datasets_dir, weak_spots=False):
+    """All sources as {"train": [...], "val": [...], "test": [...]} (weak_spots: as load_all's)."""
     splits = {"train": [], "val": [], "test": []}
-    for example in load_all(datasets_dir):
-        splits[split_name(example.text)].append(example)
+    for example in load_all(datasets_dir, weak_spots):
+        name = "train" if example.source in TRAIN_ONLY_SOURCES else split_name(example.text)
+        splits[name].append(example)
     return splits
 
 

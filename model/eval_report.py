@@ -27,7 +27,7 @@ from model.build import DEFAULT_OUTPUT_DIR, build, sha256_of
 from model.calibrate import flag_rates, source_weights
 from model.clean_sets import load_clean_sets
 from model.cross_source import leave_one_source_out, sample_examples
-from model.data import FUNCTIONAL_SUITE_PATH, LABELS, load_all, load_extra_examples, load_splits, parse_labels, read_tsv
+from model.data import FUNCTIONAL_SUITE_PATH, LABELS, load_all, load_splits, parse_labels, read_tsv, written_examples
 from model.evaluate import (
     RECORDED_ENGINES,
     engine_name,
@@ -253,7 +253,7 @@ def main(argv=None):
     splits = load_splits(args.datasets_dir)
     test, cases = splits["test"][:args.limit], load_suite()
     clean = load_clean_sets(args.datasets_dir, splits)["test"][:args.limit]
-    near = near_duplicates([c["text"] for c in cases], [e.text for e in load_extra_examples()])
+    near = near_duplicates([c["text"] for c in cases], [e.text for e in written_examples()])
     results = {engine_name(*pair): evaluate(load_engine(model_path, *pair, threads=args.threads), test, cases,
                                             clean, near) for pair in RECORDED_ENGINES}
     default = engine_name(*RECORDED_ENGINES[-1])

@@ -43,6 +43,7 @@ from model.modeling import (
     is_trained_parameter,
     trained_weights_fp16,
 )
+from model.obfuscate import AUGMENTED_SHARE, augment
 
 
 def parse_args(argv=None):
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     parser.add_argument("--limit", type=int, help="use only N examples per split (smoke runs)")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--weak-spots", action="store_true",
+                        help="also train on model/weak_spot_examples.tsv and obfuscated copies of a share of the "
+                        "training texts (model/obfuscate.py); the committed artifact is trained without them")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--int8", action="store_true",
                         help="also measure torch's dynamically quantised int8 model (a second full pass)")
@@ -194,7 +198,8 @@ def training_record(args, command, seconds, steps):
             "epochs": args.epochs, "epoch_size": args.epoch_size, "batch_size": args.batch_size,
             "lr": args.lr, "seed": args.seed, "threads": args.threads,
             "machine": f"{platform.machine()} {os.cpu_count()} cpus", "torch": torch.__version__,
-            "bucket_shares": BUCKET_SHARES}
+            "bucket_shares": BUCKET_SHARES, "weak_spots": args.weak_spots,
+            "obfuscated_copies_share": AUGMENTED_SHARE if args.weak_spots else 0.0}
 
 
 def evaluate_and_save(weights, splits, tokenizer, output, record, command, int8=False):
@@ -248,7 +253,7 @@ def main(argv=None):
     make_deterministic(args.seed, args.threads)
     started = time.time()
 
-    splits = load_splits(args.datasets_dir)
+    splits = load_splits(args.datasets_dir, weak_spots=args.weak_spots)
     if args.limit:
         splits = limit_splits(splits, args.limit, args.seed)
     print({name: len(examples) for name, examples in splits.items()}, flush=True)
@@ -260,7 +265,8 @@ def main(argv=None):
         record = {"command": previous["command"], **previous["training"]}
     else:
         model = build_classifier(seed=args.seed)
-        steps = train(model, tokenizer, splits["train"], args)
+        training = augment(splits["train"], args.seed) if args.weak_spots else splits["train"]
+        steps = train(model, tokenizer, training, args)
         weights = trained_weights_fp16(model)
         record = training_record(args, command, time.time() - started, steps)
     fp16_report = evaluate_and_save(weights, splits, tokenizer, output, record, command, int8=args.int8)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from model.clean_sets import EVERYDAY_CLEAN_PATH, hashed_half
-from model.data import load_extra_examples, read_tsv
+from model.data import read_tsv, written_examples
 from model.eval_report import load_suite
 from model.suite import frozen_test_cases, near_duplicates, suite_half, template
 
@@ -35,7 +35,7 @@ def test_near_duplicates_are_found_past_a_swapped_phrase_and_identity_term():
 def test_training_examples_leave_out_near_duplicates_of_the_frozen_half():
     from model.data import frozen_suite_near_duplicates
 
-    extra = load_extra_examples()
+    extra = written_examples()
     dropped = frozen_suite_near_duplicates(extra)
     assert dropped and len(dropped) < 20
     assert not near_duplicates(frozen_test_cases(), [e.text for e in extra if e.text not in dropped])
@@ -45,4 +45,4 @@ def test_everyday_clean_text_has_both_halves_and_never_overlaps_training():
     texts = [row["text"] for row in read_tsv(EVERYDAY_CLEAN_PATH)]
     assert len(texts) >= 100
     assert {hashed_half(text) for text in texts} == {"dev", "test"}
-    assert not near_duplicates(texts, [e.text for e in load_extra_examples()])
+    assert not near_duplicates(texts, [e.text for e in written_examples()])

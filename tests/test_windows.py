@@ -42,3 +42,8 @@ def test_sentence_starts_follow_end_punctuation_and_line_breaks():
     words = [(0, 4), (5, 8), (8, 9), (10, 12), (13, 17), (18, 21), (21, 22), (23, 27), (28, 32)]
     assert [text[s:e] for s, e in words] == ["Nice", "day", ".", "We", "went", "out", "!", "Then", "home"]
     assert sentence_starts(text, words) == [3, 7]
+
+
+def test_a_text_a_little_longer_than_a_window_costs_a_short_second_window():
+    assert plan_windows(70, 62) == [(0, 62), (31, 70)]
+    assert plan_windows(124, 62) == [(0, 62), (31, 93), (62, 124)]

@@ -157,10 +157,12 @@ class TextClassifier:
         """Token ids (and masks) per window of at most max_length tokens (worker/windows.py), unpadded,
         and the index of the text each window belongs to. Every text is tokenised once; a text within
         max_length is one window, exactly as the tokenizer gives it."""
-        fast = getattr(self.tokenizer, "is_fast", False)
         with self._tokenizer_lock:
-            encoded = self.tokenizer(texts, truncation=False, return_special_tokens_mask=True,
-                                     return_offsets_mapping=fast, verbose=False)
+            encoded = self.tokenizer(texts, truncation=False, return_special_tokens_mask=True, verbose=False)
+        # A fast tokenizer's encodings hold each token's character offsets: read only for the texts longer
+        # than one window (where sentences are found; ~5% of tweets) rather than converting every text's
+        # offset mapping. None for a slow tokenizer (no offsets: long texts get no sentence windows).
+        encodings = encoded.encodings if getattr(self.tokenizer, "is_fast", False) else None
         names = [name for name in self.backend.input_names if name in encoded]
         windows: dict[str, list[list[int]]] = {name: [] for name in names}
         owners: list[int] = []
@@ -169,8 +171,8 @@ class TextClassifier:
             suffix = next((i for i, flag in enumerate(reversed(special)) if not flag), 0)
             content = len(special) - prefix - suffix
             read = min(content, self.max_text_tokens)
-            starts = sentence_starts(texts[index], encoded["offset_mapping"][index][prefix:prefix + read]) \
-                if fast and read > self.window_size else []
+            starts = sentence_starts(texts[index], encodings[index].offsets[prefix:prefix + read]) \
+                if encodings and read > self.window_size else []
             for start, end in plan_windows(read, self.window_size, starts):
                 for name in names:
                     row = encoded[name][index]

@@ -22,11 +22,18 @@ MIN_SENTENCE_TOKENS = 4  # shorter sentences ("Yes.", "lol") are read with the n
 
 
 def overlapping(start: int, end: int, size: int, step: int) -> list[tuple[int, int]]:
-    """Windows of `size` covering [start, end), `step` apart, the last one ending at `end`."""
+    """Windows of at most `size` covering [start, end), `step` apart; the last one is cut at `end` rather
+    than moved back to a full `size`: it still holds every stretch of up to `size - step` tokens that starts
+    in it, and a text a little longer than one window (most long tweets) costs a short second window, not
+    a second full one."""
     if end - start <= size:
         return [(start, end)]
-    spans = [(s, s + size) for s in range(start, end - size, step)]
-    return spans + [(end - size, end)]
+    spans = []
+    for s in range(start, end, step):
+        spans.append((s, min(s + size, end)))
+        if s + size >= end:
+            break
+    return spans
 
 
 def sentence_spans(starts: list[int], length: int) -> list[tuple[int, int]]:

@@ -11,10 +11,11 @@ from shared.config import PROJECT_ROOT
 CORPUS_FILE = PROJECT_ROOT / "bench" / "corpus" / "tweets.jsonl"
 
 
-def load_texts(path: Path, count: int) -> list[str]:
-    """The first `count` texts of a corpus file (distinct, so the result cache must not help)."""
+def load_texts(path: Path, count: int | None = None) -> list[str]:
+    """The first `count` texts of a corpus file, all of them if None (distinct, so neither the result
+    cache nor the worker's de-duplication within a batch can help)."""
     with open(path, encoding="utf-8") as f:
         texts = [json.loads(line) for line in f if line.strip()][:count]
-    if len(texts) < count:
+    if count is not None and len(texts) < count:
         raise SystemExit(f"{path} holds only {len(texts)} texts; need {count} (see bench/make_corpus.py)")
     return texts

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
-import math
 import os
 import shutil
 import sys
@@ -131,12 +129,15 @@ def load_row(name: str, what: str, result: load.LoadResult, texts_per_request: i
                       result.percentile(99), note)
 
 
-def multi_text_jobs(texts: list[str], job_texts: int, clients: int) -> list[list[str]]:
-    """Jobs of `job_texts` texts, at least four per client (the corpus cycled; the cache is off), so S32's
-    rate is a steady state rather than one wave's ramp and tail (600 texts are 19 jobs for 32 clients)."""
-    count = max(math.ceil(len(texts) / job_texts), 4 * clients)
-    cycled = list(itertools.islice(itertools.cycle(texts), count * job_texts))
-    return [cycled[i:i + job_texts] for i in range(0, len(cycled), job_texts)]
+def multi_text_jobs(corpus: Path, texts: list[str], job_texts: int, clients: int) -> list[list[str]]:
+    """Jobs of `job_texts` distinct texts, up to four per client as far as the corpus file goes (at least
+    the run's own texts), so S32's rate is a steady state rather than one wave's ramp and tail (600 texts
+    are 19 jobs for 32 clients). No text repeats: the worker reads a text once per batch, and a batch
+    holds several jobs."""
+    available = len(load_texts(corpus))
+    count = max(len(texts), min(available, 4 * clients * job_texts)) // job_texts * job_texts
+    pool = load_texts(corpus, count)
+    return [pool[i:i + job_texts] for i in range(0, len(pool), job_texts)]
 
 
 def measure_service(args, env: dict, redis, texts: list[str], logs: Path) -> dict:
@@ -166,7 +167,7 @@ def measure_service(args, env: dict, redis, texts: list[str], logs: Path) -> dic
             log(f"S: {out['served'].rate:.0f} texts/s, p50 {out['served'].percentile(50) * 1000:.0f} ms, mean "
                 f"forward pass {out['mean_batch']:.1f} texts, CPU ms per text "
                 f"{out['served_cpu'].per_item_ms(out['served'].requests)}")
-            jobs = multi_text_jobs(texts, args.job_texts, args.clients)
+            jobs = multi_text_jobs(args.corpus, texts, args.job_texts, args.clients)
             with CpuMeter({"API": api.process.pid, "worker": worker.process.pid, "Redis": redis.process.pid}
                           ) as out["multi_cpu"]:
                 out["multi"] = load.run_load(api.url, jobs, args.clients, load.moderate_via_queue)
@@ -254,7 +255,8 @@ def main(argv: list[str]) -> int:
         redis.stop()
 
     served, multi, light, enqueue = svc["served"], svc["multi"], svc["light"], svc["enqueue"]
-    served_cpu, multi_cpu = svc["served_cpu"].per_item(served.requests), svc["multi_cpu"].per_item(len(texts))
+    served_cpu = svc["served_cpu"].per_item(served.requests)
+    multi_cpu = svc["multi_cpu"].per_item(multi.requests * args.job_texts)
     enqueue_cpu = svc["enqueue_cpu"].per_item(enqueue.requests)
     forward_cpu_ms = forward_cpu_at(model_path, device, texts, svc["pass_sizes"]) * 1000
     sizes_note = ", ".join(f"{size}: {passes}" for size, passes in sorted(svc["pass_sizes"].items()))

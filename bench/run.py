@@ -21,6 +21,7 @@ from scripts.launch import RedisServer, start_api, start_worker
 from shared import metrics as metric_names
 from shared.config import BUNDLED_MODEL_PATH, PROJECT_ROOT, Settings, get_settings
 from worker.inference import cpu_quota
+from worker.runtime import batch_concurrency, pass_threads
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 NOTES_MARKER = "## Notes"
@@ -110,11 +111,14 @@ def measure_inprocess(args, model_path: str, device: str, texts: list[str]) -> t
 
 def forward_cpu_at(model_path: str, device: str, texts: list[str], sizes: dict[int, int]) -> float:
     """CPU seconds per text of the model alone in forward passes of the sizes the service ran ({size: passes};
-    the worker exposes forward-pass wall time only, and onnx's threads make CPU differ from it)."""
+    the worker exposes forward-pass wall time only, and onnx's threads make CPU differ from it), on as many
+    threads per pass as the worker's."""
     order = [size for size, passes in sorted(sizes.items()) for _ in range(passes)]
     # Interleave small and large passes so that a corpus shorter than the service's run sees every size.
     group_sizes = [size for pair in zip(order, reversed(order)) for size in pair][:len(order)] or [1]
-    classifier = inprocess.load_classifier(model_path, device)
+    settings = get_settings()  # the threads per pass the worker ran with (worker/runtime.py)
+    threads = pass_threads(settings, batch_concurrency(settings, device))
+    classifier = inprocess.load_classifier(model_path, device, threads=threads)
     try:
         return inprocess.grouped_cpu_per_text(classifier, texts, group_sizes,
                                                get_settings().batch_max_tokens or classifier.token_budget)

@@ -97,7 +97,7 @@ def configure_celery(app: Celery, settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
         # Enough prefetched messages to fill the next batch while the current one runs.
-        worker_prefetch_multiplier=max(1, 2 * settings.batch_max_texts // settings.worker_concurrency),
+        worker_prefetch_multiplier=max(1, 2 * settings.batch_max_texts // max(1, settings.worker_concurrency)),
         worker_send_task_events=True,  # celery-exporter reads these
         # No task-sent event: one more Redis PUBLISH per job in the API, and no dashboard or alert uses
         # celery_task_sent_total (moderation_jobs_submitted_total counts accepted jobs).

@@ -169,7 +169,7 @@ class Settings:
     quantize: str = ""  # "", "int8" or "none"; "" is int8 on CPU (worker/inference.py)
     torch_threads: int = 0
     worker_processes: int = 1
-    worker_concurrency: int = 1
+    worker_concurrency: int = 0  # 0: auto, resolved by the worker (worker/runtime.py: batch_concurrency)
     worker_metrics_port: int = 9101
     worker_metrics_port_last: int = 9101  # the end of a WORKER_METRICS_PORT range
     visibility_timeout: int = 300
@@ -242,7 +242,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         quantize=quantize,
         torch_threads=_int(env, "TORCH_THREADS", 0),
         worker_processes=_int(env, "WORKER_PROCESSES", 1, 1),
-        worker_concurrency=_int(env, "WORKER_CONCURRENCY", 1, 1),
+        worker_concurrency=_int(env, "WORKER_CONCURRENCY", 0),
         worker_metrics_port=metrics_port,
         worker_metrics_port_last=metrics_port_last,
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),

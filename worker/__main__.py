@@ -2,9 +2,10 @@
 
 Settings are read here, in main: a malformed environment variable exits 2 with one log line, and a
 model that cannot load exits 3 before the worker consumes anything or advertises itself (so /readyz
-stays false). The pool is Celery's threads pool with one thread: inference runs while the consumer
-gathers the next batch, and nothing forks after torch (or CUDA) is initialised. Scale with more worker
-processes (one per GPU, or per container, or `make run WORKERS=N`), not more threads.
+stays false). The pool is Celery's threads pool: one thread per batch in flight (WORKER_CONCURRENCY; by
+default one per core on CPU, each pass on one thread, and one on a GPU: worker/runtime.py), so inference
+runs while the consumer gathers the next batch, and nothing forks after torch (or CUDA) is initialised.
+Scale further with more worker processes (one per GPU, or per container, or `make run WORKERS=N`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> int:
     from worker.inference import ModelLoadError
     from worker.runtime import load_runtime
     try:
-        load_runtime(settings)
+        settings = load_runtime(settings).settings  # WORKER_CONCURRENCY resolved for this device
     except ModelLoadError as exc:
         log.critical("model failed to load, exiting: %s", exc)
         return EXIT_MODEL_LOAD_ERROR

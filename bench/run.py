@@ -231,7 +231,8 @@ def main(argv: list[str]) -> int:
     settings_note = ", ".join(f"{name}={os.environ.get(name) or default}" for name, default in (
         ("ENGINE", defaults.engine), ("QUANTIZE", defaults.quantize or "(int8 on CPU)"),
         ("BATCH_MAX_TEXTS", defaults.batch_max_texts), ("BATCH_MAX_TOKENS", defaults.batch_max_tokens),
-        ("BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms), ("TORCH_THREADS", "0 (= CPU quota)"),
+        ("BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
+        ("WORKER_CONCURRENCY", "0 (auto: one batch per core on CPU)"), ("TORCH_THREADS", "0 (= CPU quota / batches)"),
         ("GUNICORN_THREADS", 32)))
     corpus = args.corpus.resolve()
     corpus_name = corpus.relative_to(PROJECT_ROOT) if corpus.is_relative_to(PROJECT_ROOT) else corpus

@@ -69,21 +69,7 @@ def api(redis_server, redis_client, tmp_path):
 
 def test_accepting_a_job_sends_one_command_to_redis(redis_client, api):
     requests.post(api.url + "/generate", json={"input_text": "warm-up"}, timeout=10)  # one-time declares
-    commands: list[tuple[str, str]] = []
-    monitoring = threading.Event()
-
-    def monitor():
-        try:
-            with redis_client.monitor() as feed:
-                monitoring.set()
-                for command in feed.listen():
-                    commands.append((command.get("client_type", ""), command["command"]))
-        except redis.ConnectionError:  # the test's Redis stopped: the feed ends
-            pass
-
-    threading.Thread(target=monitor, daemon=True).start()
-    monitoring.wait(5)
-    time.sleep(0.2)  # MONITOR is registered once its reply has been read; let it settle
+    commands = watch_commands(redis_client)
     response = requests.post(api.url + "/generate", json={"input_text": "count my round trips"}, timeout=10)
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
@@ -144,12 +130,12 @@ def watch_commands(redis_client) -> list[tuple[str, str]]:
                 monitoring.set()
                 for command in feed.listen():
                     commands.append((command.get("client_type", ""), command["command"]))
-        except redis.ConnectionError:
+        except redis.ConnectionError:  # the test's Redis stopped: the feed ends
             pass
 
     threading.Thread(target=monitor, daemon=True).start()
     monitoring.wait(5)
-    time.sleep(0.2)
+    time.sleep(0.2)  # MONITOR is registered once its reply has been read; let it settle
     return commands
 
 

@@ -131,14 +131,22 @@ class QoS(kombu_redis.QoS):
         return None
 
     def ack_many(self, delivery_tags: list[str]) -> None:
-        """kombu's `ack` for several messages: the same commands, one round trip."""
-        with self.channel.conn_or_acquire() as client:
-            pipe = client.pipeline()
+        """kombu's `ack` for several messages: the same commands, one round trip.
+
+        The in-process bookkeeping is done even when the round trip fails (the error is raised after it):
+        a message whose removal did not reach Redis stays in the unacked hash and comes back after the
+        visibility timeout (its job is stored, so the worker drops the copy), whereas one left among the
+        QoS's delivered messages would hold a prefetch slot for good. With every slot held that way, a
+        worker whose acks met a frozen broker never consumed again (tests/faults: broker frozen, Redis)."""
+        try:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline()
+                for tag in delivery_tags:
+                    self._remove_from_indices(tag, pipe)
+                pipe.execute()
+        finally:
             for tag in delivery_tags:
-                self._remove_from_indices(tag, pipe)
-            pipe.execute()
-        for tag in delivery_tags:
-            super(kombu_redis.QoS, self).ack(tag)  # the in-process bookkeeping kombu's ack does next
+                super(kombu_redis.QoS, self).ack(tag)  # the in-process bookkeeping kombu's ack does next
 
 
 class Channel(kombu_redis.Channel):

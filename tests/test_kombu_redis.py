@@ -80,12 +80,17 @@ def test_accepting_a_job_sends_one_command_to_redis(redis_client, api):
     assert redis_client.hget(job_key(job_id), "status") == "queued"
 
 
+def put_and_receive(connection, name: str, count: int):
+    """A SimpleQueue holding messages {"n": 0..count-1}, and those messages received (unacknowledged)."""
+    queue = connection.SimpleQueue(name)
+    for n in range(count):
+        queue.put({"n": n})
+    return queue, [queue.get(timeout=10) for _ in range(count)]
+
+
 def test_batched_acks_leave_the_unacked_hash_and_index_together_at_the_end(redis_server, redis_client):
     with Connection(redis_server.url, transport=TRANSPORT) as connection:
-        queue = connection.SimpleQueue("acks.batched")
-        for n in range(5):
-            queue.put({"n": n})
-        received = [queue.get(timeout=10) for _ in range(5)]
+        queue, received = put_and_receive(connection, "acks.batched", 5)
         qos = queue.channel.qos
         assert sorted(m.payload["n"] for m in received) == list(range(5))
         assert redis_client.hlen(qos.unacked_key) == 5 and redis_client.zcard(qos.unacked_index_key) == 5
@@ -103,10 +108,7 @@ def test_batched_acks_leave_the_unacked_hash_and_index_together_at_the_end(redis
 def test_a_failed_batch_ack_frees_the_prefetch_slots_and_leaves_the_messages_to_the_visibility_timeout(
         redis_server, redis_client, monkeypatch):
     with Connection(redis_server.url, transport=TRANSPORT) as connection:
-        queue = connection.SimpleQueue("acks.failed")
-        for n in range(3):
-            queue.put({"n": n})
-        received = [queue.get(timeout=10) for _ in range(3)]
+        queue, received = put_and_receive(connection, "acks.failed", 3)
         qos = queue.channel.qos
         assert len(qos._delivered) == 3 and not qos._dirty
 

@@ -138,9 +138,9 @@ def multi_text_jobs(corpus: Path, texts: list[str], job_texts: int, clients: int
     the run's own texts), so S32's rate is a steady state rather than one wave's ramp and tail (600 texts
     are 19 jobs for 32 clients). No text repeats: the worker reads a text once per batch, and a batch
     holds several jobs."""
-    available = len(load_texts(corpus))
-    count = max(len(texts), min(available, 4 * clients * job_texts)) // job_texts * job_texts
-    pool = load_texts(corpus, count)
+    everything = load_texts(corpus)
+    count = max(len(texts), min(len(everything), 4 * clients * job_texts)) // job_texts * job_texts
+    pool = everything[:count]
     return [pool[i:i + job_texts] for i in range(0, len(pool), job_texts)]
 
 

@@ -25,6 +25,7 @@ import requests
 from shared.celery_app import make_celery
 from shared.jobs import FINISHED, JobRecord, JobStore
 from shared.queues import MODERATE_TASK, queue_for_model
+from tests.celery_control import consumer_paused
 from tests.conftest import MULTI_LABELS
 from tests.support import (
     Proc,
@@ -212,11 +213,14 @@ def test_one_text_that_breaks_inference_fails_only_its_own_job(stack, reference)
     good = [str(uuid.uuid4()) for _ in texts]
     poison = str(uuid.uuid4())
     # The API rejects lone surrogates, so the message goes straight to the broker; the tokenizer raises on it.
-    for job_id, text in zip(good[:2], texts[:2]):
-        stack.publish_raw(job_id, [job_id, MODEL, [text]])
-    stack.publish_raw(poison, [poison, MODEL, ["fine words \ud800 then more"]])
-    for job_id, text in zip(good[2:], texts[2:]):
-        stack.publish_raw(job_id, [job_id, MODEL, [text]])
+    # Published while the worker takes nothing, so that they wait as one backlog and share a batch: sent to
+    # an idle worker one by one, each could go to the model alone (no idle wait, a batch per core).
+    with consumer_paused(stack.env, worker.nodename, QUEUE):
+        for job_id, text in zip(good[:2], texts[:2]):
+            stack.publish_raw(job_id, [job_id, MODEL, [text]])
+        stack.publish_raw(poison, [poison, MODEL, ["fine words \ud800 then more"]])
+        for job_id, text in zip(good[2:], texts[2:]):
+            stack.publish_raw(job_id, [job_id, MODEL, [text]])
 
     failed = wait_for_job(stack.api.url, poison)
     assert failed["status"] == "failed" and failed["results"] is None

@@ -34,7 +34,8 @@ ModerationResult = dict
 _FINISH_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results', ARGV[3], 'error', ARGV[4])
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results', ARGV[3], 'error', ARGV[4],
+           'finished_by', ARGV[9])
 redis.call('HDEL', KEYS[1], 'texts')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[7])
@@ -302,18 +303,27 @@ class JobStore:
         """Keep this worker's claimed jobs its own for another LEASE_SECONDS (the heartbeat calls it)."""
         self.redis.set(LEASE_PREFIX + owner, "1", ex=LEASE_SECONDS)
 
-    def finish_many(self, outcomes: list[tuple[str, list[ModerationResult] | None, str | None]]) -> list[bool]:
-        """Store (job_id, results, error) outcomes in one round trip; error set means failed. Returns, per
-        outcome, whether this call finished the job (False: it was already finished, or expired)."""
+    def finish_many(self, outcomes: list[tuple[str, list[ModerationResult] | None, str | None]],
+                    finisher: str = "") -> list[bool]:
+        """Store (job_id, results, error) outcomes in one round trip; error set means failed; `finisher`
+        (the worker) is kept as the record's finished_by. Returns, per outcome, whether this call finished
+        the job (False: it was already finished, or expired)."""
         now = utc_now()
         pipe = self.redis.pipeline()
         for job_id, results, error in outcomes:
             status = FAILED if error else SUCCEEDED
             payload = json.dumps(results) if results is not None else ""
             self._finish(keys=[job_key(job_id), done_channel(job_id), OUTBOX_KEY],
-                         args=[status, now, payload, error or "", self.ttl, PENDING_PREFIX, job_id, time.time()],
-                         client=pipe)
+                         args=[status, now, payload, error or "", self.ttl, PENDING_PREFIX, job_id, time.time(),
+                               finisher], client=pipe)
         return [bool(stored) for stored in pipe.execute()]
+
+    def finishers(self, job_ids: list[str]) -> list[str | None]:
+        """Each job's finished_by (see finish_many), None if unfinished, expired or finished by no worker."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(job_key(job_id), "finished_by")
+        return [by or None for by in pipe.execute()]
 
     def cancel(self, job_id: str) -> tuple[bool, str | None]:
         """Cancel the job if it is still queued: (True, "canceled"), else (False, its status or None if unknown)."""

@@ -7,6 +7,8 @@ Hooks:
   process on its marker word.
 - die-after-storing: SIGKILL the process right after a batch's results are stored, before anything
   after them (the texts/s counters, enqueueing webhooks) runs.
+- lose-a-finish-reply: the first batch's results are stored, then its call raises as if the store's reply
+  was lost (what a store that froze mid-call does: it runs the script when it thaws, after the worker gave up).
 """
 
 from __future__ import annotations
@@ -32,7 +34,26 @@ def _die_after_storing() -> None:
     pipeline.after_batch = die
 
 
-HOOKS = {"crash-model": _crash_model, "die-after-storing": _die_after_storing}
+def _lose_a_finish_reply() -> None:
+    import redis
+
+    from shared.jobs import JobStore
+
+    finish_many, lost = JobStore.finish_many, []
+
+    def finish_and_lose_the_reply(self, outcomes, finisher=""):
+        stored = finish_many(self, outcomes, finisher)
+        if not lost:
+            lost.append(outcomes)
+            print(f"lose-a-finish-reply: {len(outcomes)} results stored; the reply is lost", flush=True)
+            raise redis.ConnectionError("the store's reply was lost (tests/hooked_worker.py)")
+        return stored
+
+    JobStore.finish_many = finish_and_lose_the_reply
+
+
+HOOKS = {"crash-model": _crash_model, "die-after-storing": _die_after_storing,
+         "lose-a-finish-reply": _lose_a_finish_reply}
 
 
 def command(hook: str) -> list[str]:

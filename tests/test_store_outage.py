@@ -23,8 +23,10 @@ import redis as redis_py
 from shared import metrics as names
 from shared.jobs import FINISHED, JobStore
 from shared.queues import queue_for_model
+from tests.hooked_worker import command as hooked_worker
 from tests.scrape import metric, worker_samples
 from tests.support import (
+    Proc,
     RabbitVhost,
     RedisServer,
     TcpProxy,
@@ -98,14 +100,48 @@ def test_a_store_outage_pauses_the_worker_and_every_queued_job_finishes_once(out
 
     statuses = [status for status, _ in stack.store.states(job_ids)]
     assert statuses.count("succeeded") == JOBS, {s: statuses.count(s) for s in set(statuses)}
-    samples = worker_samples(f"http://127.0.0.1:{stack.env['WORKER_METRICS_PORT']}/metrics")
-    assert metric(samples, names.JOBS_COMPLETED_TOTAL, MODEL, status="succeeded") == JOBS  # each counted once
+    assert completed_count(stack.env, JOBS) == JOBS  # each counted once
     # A batch the outage interrupted is no worker death: nothing counts toward MAX_DELIVERIES.
     assert not any(DeliveryCounter(stack.store.redis, 3600, 3).counts(job_ids))
     log = worker.log_tail(1_000_000)
     assert "pausing consumption" in log and "resuming consumption" in log and worker.alive()
     print(f"\n[store outage] {stack.kind}: {JOBS} jobs, {at_outage} unfinished when the store went away for "
           f"{outage:.1f}s; all {JOBS} succeeded {drained:.1f}s after it came back, each counted once")
+
+
+def test_a_finish_whose_reply_was_lost_is_counted_once(redis_server, tiny_multilabel_model, tmp_path):
+    """The store ran a batch's finish but the worker never saw the reply (tests/hooked_worker.py): the batch
+    is tried again, finds its jobs finished by this worker, and counts them then, neither zero times nor twice."""
+    redis_server.client().flushall()
+    env = base_env(redis_server.url, MODELS=f"{MODEL}={tiny_multilabel_model}", DEFAULT_MODEL=MODEL,
+                   BATCH_MAX_TEXTS="4", BATCH_MAX_WAIT_MS="20")
+    with start_api(env, tmp_path / "api.log") as api, \
+            Proc(hooked_worker("lose-a-finish-reply"), env, tmp_path / "worker.log") as worker:
+        store = JobStore(redis_server.client(), 3600)
+        job_ids = submit_all(api.url, distinct_texts(12, "lost reply"))
+        wait_until(lambda: all(status == "succeeded" for status, _ in store.states(job_ids)), timeout=120,
+                   interval=0.1, what="every job to succeed")
+        assert completed_count(env, len(job_ids)) == len(job_ids)
+        assert "results stored; the reply is lost" in worker.log_tail(1_000_000)
+        finishers = set(store.finishers(job_ids))
+        assert len(finishers) == 1 and finishers.pop().startswith(f"moderation-{worker.process.pid}@")
+
+
+def completed_count(env: dict, expected: int) -> float:
+    """The worker's moderation_jobs_completed_total once it reaches `expected` (its counter moves just after
+    the results it counts are stored), or after 10 s; the caller asserts it is exactly that."""
+    url = f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics"
+
+    def count():
+        return metric(worker_samples(url), names.JOBS_COMPLETED_TOTAL, MODEL, status="succeeded")
+
+    def reached():
+        value = count()
+        return value >= expected and value
+    try:
+        return wait_until(reached, timeout=10, what="the completed count")
+    except AssertionError:
+        return count()
 
 
 def _list_pushes(client: redis_py.Redis) -> int:

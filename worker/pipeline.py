@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.celery_app import celery_app
-from shared.jobs import HELD, SKIP
+from shared.jobs import HELD, RUN, SKIP, SUCCEEDED
 from worker import metrics
 from worker.deliveries import poison_error, worker_name
 from worker.followups import after_batch
@@ -63,6 +63,30 @@ class ActiveJobs:
 
 
 ACTIVE = ActiveJobs()
+
+
+class UnconfirmedFinishes:
+    """Jobs whose finish round trip failed in this process (the store went away mid-call). Redis may still
+    have run it (a frozen server runs the buffered script when it thaws), so the held batch's retry finds the
+    job finished: if by this worker, that finish was this attempt's and is counted then, once, keeping
+    moderation_jobs_completed_total exact across a store outage."""
+
+    def __init__(self):
+        self._lock, self._ids = threading.Lock(), set()
+
+    def add(self, job_ids) -> None:
+        with self._lock:
+            self._ids.update(job_ids)
+
+    def pop(self, job_ids) -> list[str]:
+        """Forget these jobs; returns those that were unconfirmed."""
+        with self._lock:
+            found = [job_id for job_id in job_ids if job_id in self._ids]
+            self._ids.difference_update(job_ids)
+            return found
+
+
+UNCONFIRMED = UnconfirmedFinishes()
 
 
 @dataclass
@@ -167,6 +191,7 @@ def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcom
     # copy of a job's message in this same batch (a re-publish racing the original): run each job once.
     # Jobs another live worker holds wait. The others are marked running under our lease in the same round trip.
     claims = store.claim([job.job_id for job in jobs], worker_name())
+    _count_lost_replies(runtime, [(job, claim) for job, claim in zip(jobs, claims) if claim.verdict != RUN])
     live, live_ids, fresh, retried = [], set(), [], []
     for job, claim in zip(jobs, claims):
         if claim.verdict == HELD:
@@ -198,9 +223,27 @@ def _store(runtime: WorkerRuntime, live: list[Job], outcomes: list[Outcome]) -> 
     """Store outcomes; count (metrics) only the jobs this call finished, so a job finished twice counts once."""
     if not outcomes:
         return []
-    stored = [outcome for outcome, new in zip(outcomes, runtime.store.finish_many(outcomes)) if new]
+    job_ids = [job_id for job_id, _, _ in outcomes]
+    UNCONFIRMED.add(job_ids)  # until the reply comes: a Redis error leaves them here
+    finished = runtime.store.finish_many(outcomes, worker_name())
+    UNCONFIRMED.pop(job_ids)
+    stored = [outcome for outcome, new in zip(outcomes, finished) if new]
     _count_outcomes(live, stored)
     return stored
+
+
+def _count_lost_replies(runtime: WorkerRuntime, skipped: list[tuple[Job, object]]) -> None:
+    """Count the jobs not run again that this worker finished in a call whose reply was lost (UnconfirmedFinishes)."""
+    lost = set(UNCONFIRMED.pop([job.job_id for job, _ in skipped]))
+    if not lost:
+        return
+    jobs = [(job, claim) for job, claim in skipped if job.job_id in lost]
+    ours = worker_name()
+    for (job, claim), finisher in zip(jobs, runtime.store.finishers([job.job_id for job, _ in jobs])):
+        if finisher == ours:
+            metrics.JOBS_COMPLETED.labels(job.model, claim.status).inc()
+            if claim.status == SUCCEEDED:
+                metrics.TEXTS_PROCESSED.labels(job.model).inc(len(job.texts))
 
 
 def _run_jobs(runtime: WorkerRuntime, jobs: list[Job]) -> list[Outcome]:

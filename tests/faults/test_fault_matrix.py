@@ -140,16 +140,24 @@ class Workers:
                 if proc.alive():
                     self._read(proc)
 
-    def close(self) -> int:
-        """Stop sampling (after one last read of the live ones), stop the workers; the jobs they counted."""
+    def close(self, expected: int = 0) -> int:
+        """Stop sampling once the live ones' counts add up to `expected` (a counter moves just after the results
+        it counts are stored), or after 10 s; stop the workers; the jobs they counted."""
         if self.closed:
             return sum(self.counted.values())
         self.closed = True
         self._stop.set()
         self._sampler.join(5)
-        for proc in self.procs:
-            if proc.alive():
-                self._read(proc)
+
+        def counted_all() -> bool:
+            for proc in self.procs:
+                if proc.alive():
+                    self._read(proc)
+            return sum(self.counted.values()) >= expected
+        try:
+            wait_until(counted_all, timeout=10, interval=0.2, what="the workers' counters")
+        except AssertionError:
+            pass  # the caller compares the counts
         for proc in self.procs:
             proc.stop()
         return sum(self.counted.values())
@@ -161,25 +169,18 @@ class DoneMessages:
 
     def __init__(self, url: str):
         self.counts: Counter = Counter()
-        self._pubsub = redis.Redis.from_url(url, decode_responses=True).pubsub(ignore_subscribe_messages=True)
-        self._pubsub.psubscribe(f"{KEY_PREFIX}*{DONE_SUFFIX}")
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
+        pubsub = redis.Redis.from_url(url, decode_responses=True).pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe(**{f"{KEY_PREFIX}*{DONE_SUFFIX}": self._count})
+        # redis-py's own listener thread: stop() ends its loop, and the thread closes the connection itself.
+        self._thread = pubsub.run_in_thread(sleep_time=0.2, daemon=True,
+                                            exception_handler=lambda exc, _pubsub, thread: thread.stop())
 
-    def _listen(self) -> None:
-        try:
-            for message in self._pubsub.listen():
-                if message["type"] == "pmessage":
-                    self.counts[message["channel"][len(KEY_PREFIX):-len(DONE_SUFFIX)]] += 1
-        except (redis.RedisError, ValueError, OSError):
-            return
+    def _count(self, message: dict) -> None:
+        self.counts[message["channel"][len(KEY_PREFIX):-len(DONE_SUFFIX)]] += 1
 
     def close(self) -> None:
-        try:
-            self._pubsub.punsubscribe()
-            self._pubsub.close()
-        except redis.RedisError:
-            pass
+        self._thread.stop()
+        self._thread.join(5)
 
 
 def submit_accepted(api_url: str, texts: list[str]) -> list[str]:
@@ -205,6 +206,7 @@ def unfinished(stack, job_ids: list[str]) -> int:
 def test_every_accepted_job_finishes_once(stack, fault):
     done = DoneMessages(stack.store.url)
     workers = Workers(stack)
+    died = fault in ("worker-sigkill", "worker-sigterm")
     try:
         if fault == "api-restart":
             job_ids, fault_started = restart_the_api_while_submitting(stack, workers)
@@ -224,14 +226,13 @@ def test_every_accepted_job_finishes_once(stack, fault):
         wait_until(lambda: sum(done.counts[j] for j in job_ids) >= len(job_ids) - unfinished(stack, job_ids),
                    timeout=10, what="the done messages")
         statuses = [status for status, _ in stack.records.states(job_ids)]
-        counted = workers.close()
+        # Every job stored during the case, accepted or not (a client whose connection an API restart cut may
+        # never see the 202 of a job the API did accept): each must be stored once and counted once.
+        stored = len(done.counts)
+        counted = workers.close(expected=0 if died else stored)
     finally:
         done.close()
         workers.close()
-    died = fault in ("worker-sigkill", "worker-sigterm")
-    # Every job stored during the case, accepted or not (a client whose connection an API restart cut may
-    # never see the 202 of a job the API did accept): each must be stored once and counted once.
-    stored = len(done.counts)
     row = {"fault": fault, "broker": stack.kind, "jobs": len(job_ids),
            "lost": sum(s not in ("succeeded", "failed") for s in statuses), "failed": statuses.count("failed"),
            "duplicated": sum(n > 1 for n in done.counts.values()) + max(0, int(counted) - stored),

@@ -7,6 +7,8 @@ Hooks:
   process on its marker word.
 - die-after-storing: SIGKILL the process right after a batch's results are stored, before anything
   after them (the texts/s counters, enqueueing webhooks) runs.
+- first-batch-waits: the first batch waits (its requests in hand) until the test sets RELEASE_KEY in the
+  job store, so that what arrives meanwhile forms one backlog: with WORKER_CONCURRENCY=1 it is the next batch.
 - lose-a-finish-reply: the first batch's results are stored, then its call raises as if the store's reply
   was lost (what a store that froze mid-call does: it runs the script when it thaws, after the worker gave up).
 """
@@ -52,8 +54,29 @@ def _lose_a_finish_reply() -> None:
     JobStore.finish_many = finish_and_lose_the_reply
 
 
+RELEASE_KEY = "test:hooked-worker:release"
+
+
+def _first_batch_waits() -> None:
+    import time
+
+    from worker import tasks
+
+    process_batch, waited = tasks.process_batch, []
+
+    def wait_then_process(runtime, requests):
+        if not waited:
+            waited.append(True)
+            print(f"first-batch-waits: holding a batch of {len(requests)}", flush=True)
+            while not runtime.store.redis.exists(RELEASE_KEY):
+                time.sleep(0.05)
+        return process_batch(runtime, requests)
+
+    tasks.process_batch = wait_then_process
+
+
 HOOKS = {"crash-model": _crash_model, "die-after-storing": _die_after_storing,
-         "lose-a-finish-reply": _lose_a_finish_reply}
+         "lose-a-finish-reply": _lose_a_finish_reply, "first-batch-waits": _first_batch_waits}
 
 
 def command(hook: str) -> list[str]:

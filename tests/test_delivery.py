@@ -25,8 +25,9 @@ import requests
 from shared.celery_app import make_celery
 from shared.jobs import FINISHED, JobRecord, JobStore
 from shared.queues import MODERATE_TASK, queue_for_model
-from tests.celery_control import consumer_paused
 from tests.conftest import MULTI_LABELS
+from tests.hooked_worker import RELEASE_KEY
+from tests.hooked_worker import command as hooked_worker
 from tests.support import (
     Proc,
     RedisMonitor,
@@ -208,27 +209,34 @@ def test_sigkill_mid_batch_loses_no_job_and_results_match_a_clean_run(stack, ref
 
 
 def test_one_text_that_breaks_inference_fails_only_its_own_job(stack, reference):
-    worker = stack.ensure_worker()
-    texts = distinct_texts(4, "poison")
-    good = [str(uuid.uuid4()) for _ in texts]
+    stack.stop_worker()
+    stack.redis.delete(RELEASE_KEY)
+    texts = distinct_texts(5, "poison")
+    job_ids = [str(uuid.uuid4()) for _ in texts]
     poison = str(uuid.uuid4())
-    # The API rejects lone surrogates, so the message goes straight to the broker; the tokenizer raises on it.
-    # Published while the worker takes nothing, so that they wait as one backlog and share a batch: sent to
-    # an idle worker one by one, each could go to the model alone (no idle wait, a batch per core).
-    with consumer_paused(stack.env, worker.nodename, QUEUE):
-        for job_id, text in zip(good[:2], texts[:2]):
+    # One batch at a time, and the first (an opener job) held until the others all wait in the worker: they are
+    # then certain to share the next batch (sent to an idle worker one by one, each could go to the model alone).
+    with Proc(hooked_worker("first-batch-waits"), {**stack.env, "WORKER_CONCURRENCY": "1"},
+              stack.worker_log()) as worker:
+        stack.publish_raw(job_ids[0], [job_ids[0], MODEL, [texts[0]]])
+        wait_until(lambda: "first-batch-waits: holding a batch of 1" in worker.log_tail(100_000), timeout=120,
+                   what="the opener's batch to be held")
+        # The API rejects lone surrogates, so the message goes straight to the broker; the tokenizer raises on it.
+        for job_id, text in zip(job_ids[1:3], texts[1:3]):
             stack.publish_raw(job_id, [job_id, MODEL, [text]])
         stack.publish_raw(poison, [poison, MODEL, ["fine words \ud800 then more"]])
-        for job_id, text in zip(good[2:], texts[2:]):
+        for job_id, text in zip(job_ids[3:], texts[3:]):
             stack.publish_raw(job_id, [job_id, MODEL, [text]])
+        wait_until(lambda: stack.unacked() == 6, timeout=60, interval=0.05, what="all six messages in the worker")
+        stack.redis.set(RELEASE_KEY, "1")
 
-    failed = wait_for_job(stack.api.url, poison)
-    assert failed["status"] == "failed" and failed["results"] is None
-    assert failed["error"].startswith("inference failed: ")
-    assert "Traceback" not in failed["error"] and "\n" not in failed["error"] and len(failed["error"]) <= 250
-    for job_id, text in zip(good, texts):
-        assert_scores_match(wait_for_job(stack.api.url, job_id), text, reference)
-    assert "scoring each job alone" in worker.log_tail(100_000)  # they really shared a batch
+        failed = wait_for_job(stack.api.url, poison)
+        assert failed["status"] == "failed" and failed["results"] is None
+        assert failed["error"].startswith("inference failed: ")
+        assert "Traceback" not in failed["error"] and "\n" not in failed["error"] and len(failed["error"]) <= 250
+        for job_id, text in zip(job_ids, texts):
+            assert_scores_match(wait_for_job(stack.api.url, job_id), text, reference)
+        assert "a pass over 5 jobs failed; scoring each job alone" in worker.log_tail(100_000)  # they shared it
 
 
 def assert_acknowledged_once(stack, worker, log_line: str) -> None:

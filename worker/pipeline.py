@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.celery_app import celery_app
-from shared.jobs import HELD, RUN, SKIP, SUCCEEDED
+from shared.jobs import FAILED, HELD, RUN, SKIP, SUCCEEDED
 from worker import metrics
 from worker.deliveries import poison_error, worker_name
 from worker.followups import after_batch
@@ -241,9 +241,7 @@ def _count_lost_replies(runtime: WorkerRuntime, skipped: list[tuple[Job, object]
     ours = worker_name()
     for (job, claim), finisher in zip(jobs, runtime.store.finishers([job.job_id for job, _ in jobs])):
         if finisher == ours:
-            metrics.JOBS_COMPLETED.labels(job.model, claim.status).inc()
-            if claim.status == SUCCEEDED:
-                metrics.TEXTS_PROCESSED.labels(job.model).inc(len(job.texts))
+            _count_job(job.model, claim.status, len(job.texts) if claim.status == SUCCEEDED else 0)
 
 
 def _run_jobs(runtime: WorkerRuntime, jobs: list[Job]) -> list[Outcome]:
@@ -264,6 +262,10 @@ def _count_outcomes(live: list[Job], outcomes: list[Outcome]) -> None:
         job = model_of.get(job_id)
         if job is None:
             continue
-        metrics.JOBS_COMPLETED.labels(job.model, "failed" if error else "succeeded").inc()
-        if results is not None:
-            metrics.TEXTS_PROCESSED.labels(job.model).inc(len(results))
+        _count_job(job.model, FAILED if error else SUCCEEDED, len(results) if results is not None else 0)
+
+
+def _count_job(model: str, status: str, texts_scored: int) -> None:
+    metrics.JOBS_COMPLETED.labels(model, status).inc()
+    if texts_scored:
+        metrics.TEXTS_PROCESSED.labels(model).inc(texts_scored)

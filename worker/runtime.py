@@ -78,10 +78,10 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
     served = {}
     concurrency = batch_concurrency(settings, pick_device(settings.device))
     settings = replace(settings, worker_concurrency=concurrency)
+    # Worker processes on one host share its CPU quota; each takes its part for its batches' threads.
+    threads = pass_threads(settings, concurrency)
     for name in settings.worker_models:
         path = settings.models[name]
-        # Worker processes on one host share its CPU quota; each takes its part for its batches' threads.
-        threads = pass_threads(settings, concurrency)
         classifier = TextClassifier(path, settings.device, settings.quantize, threads, settings.engine,
                                     settings.engine_cache_dir, settings.max_text_tokens)
         spec = build_spec(name, path, classifier.config.to_dict(), settings)

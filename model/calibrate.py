@@ -32,7 +32,7 @@ from model import build
 from model.checks import HARD_CASES, REQUIRED_CHECKS, run_checks
 from model.clean_sets import load_clean_sets
 from model.data import LABELS, load_splits
-from model.evaluate import engine_scores, label_arrays, load_engine
+from model.evaluate import engine_scores, label_arrays, label_metrics, load_engine
 from model.modeling import ARTIFACT_DIR, BASE_MODEL_DIR, build_classifier
 
 PER_LABEL_BUDGET = 0.02  # share of realistic clean text one label may flag
@@ -94,6 +94,18 @@ def budget_thresholds(scores: np.ndarray, sources: list[str], per_label=PER_LABE
         budget -= 0.0025
 
 
+def validation_record(examples, scores: np.ndarray, thresholds: dict) -> dict:
+    """What chooses between trained models: the calibrated validation split at the served thresholds, per
+    label (ROC AUC, precision, recall) and any-label recall over the texts with a known positive label."""
+    labels, mask = label_arrays(examples)
+    harmful = (labels * mask).any(axis=1)
+    flagged = (scores >= np.array([thresholds[label] for label in LABELS])).any(axis=1)
+    keep = ("roc_auc", "precision", "recall", "support_positive")
+    return {"labels": {label: {k: entry.get(k) for k in keep}
+                       for label, entry in label_metrics(examples, scores, thresholds, n_examples=0).items()},
+            "any_label_recall": round(float(flagged[harmful].mean()), 4), "harmful_texts": int(harmful.sum())}
+
+
 def fold_into_head(weights: dict, platt: dict) -> dict:
     """The artifact's weights with sigmoid(a * logit + b) built into the classifier head."""
     a = torch.tensor([platt[label]["a"] for label in LABELS], dtype=torch.float32)
@@ -125,6 +137,7 @@ def calibrate(datasets_dir: str, artifact_dir: str = ARTIFACT_DIR, threads: int 
     thresholds = budget_thresholds(apply_platt(clean_scores, platt), [c.source for c in clean_dev])
     per_label, any_label = flag_rates(apply_platt(clean_scores, platt), thresholds,
                                       source_weights([c.source for c in clean_dev]))
+    validation = validation_record(splits["val"], apply_platt(val_scores, platt), thresholds)
 
     weights_path = os.path.join(artifact_dir, "weights.safetensors")
     save_file(fold_into_head(load_file(weights_path), platt), weights_path, metadata={"format": "pt"})
@@ -137,7 +150,8 @@ def calibrate(datasets_dir: str, artifact_dir: str = ARTIFACT_DIR, threads: int 
               "threshold_rule": {"per_label_budget": PER_LABEL_BUDGET, "any_label_budget": ANY_LABEL_BUDGET,
                                  "chosen_on": f"realistic clean text, development half ({len(clean_dev)} texts)",
                                  "dev_flag_rate": {"per_label": {k: round(v, 4) for k, v in per_label.items()},
-                                                   "any_label": round(any_label, 4)}}}
+                                                   "any_label": round(any_label, 4)}},
+              "validation": validation}
     info.update(thresholds=thresholds, calibration=record)
     with open(info_path, "w") as f:
         json.dump(info, f, indent=2)
@@ -170,6 +184,7 @@ def main(argv=None) -> None:
     print(json.dumps({label: {k: round(v, 3) for k, v in entry.items()} for label, entry in record["labels"].items()}))
     print("thresholds", json.dumps(json.load(open(os.path.join(args.artifact, "model.json")))["thresholds"]))
     print("development half flag rates", json.dumps(record["threshold_rule"]["dev_flag_rate"]))
+    print("validation at the thresholds", json.dumps(record["validation"]))
 
 
 if __name__ == "__main__":

@@ -160,6 +160,20 @@ def _pct(value):
     return f"{100 * value:.1f}%"
 
 
+def validation_lines(validation):
+    """The calibrated validation split at the served thresholds: with the suite's development half, what
+    chooses between trained models (model/calibrate.py)."""
+    if not validation:
+        return []
+    lines = ["", "## Validation split (what chooses between trained models)", "",
+             "Calibrated scores at the served thresholds (chosen on the clean development half): any label flags "
+             f"{validation['any_label_recall']:.1%} of the {validation['harmful_texts']} texts with a known harmful "
+             "label.", ""]
+    return lines + _table(["label", "positives", "ROC AUC", "precision", "recall"],
+                          [[label, e["support_positive"], e["roc_auc"], e["precision"], e["recall"]]
+                           for label, e in validation["labels"].items()])
+
+
 def render_markdown(report):
     results, default = report["engines"], report["default_engine"]
     names = list(results)
@@ -188,6 +202,7 @@ def render_markdown(report):
                     [[r["label"], r["source"], f"{r['positives']} / {r['negatives']}",
                       r["served_within_source_roc_auc"] or "-", r["probe_roc_auc"]]
                      for r in report.get("cross_source", [])]) if report.get("cross_source") else ["(not run)"]
+    lines += validation_lines((report.get("calibration") or {}).get("validation"))
     clean = served["realistic_clean"]
     lines += ["", "## Realistic clean text (never trained on; model/clean_sets.py, test half)", "",
               "Share flagged at the served thresholds (pooled: each source weighs the same); budget about 2% per "

@@ -1,6 +1,6 @@
 """Fine-tune the bundled moderation model and write its artifact and metrics.
 
-    python -m model.train ../shared/datasets            # the committed artifact
+    python -m model.train ../shared/datasets --weak-spots   # the committed artifact (--weak-spots is the default)
     python -m model.train ../shared/datasets --limit 64 --epochs 1 --max-steps 2   # smoke run
 
 Deterministic on a given machine and thread count: fixed seeds, deterministic torch
@@ -58,9 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     parser.add_argument("--limit", type=int, help="use only N examples per split (smoke runs)")
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--weak-spots", action="store_true",
+    parser.add_argument("--weak-spots", action=argparse.BooleanOptionalAction, default=True,
                         help="also train on model/weak_spot_examples.tsv and obfuscated copies of a share of the "
-                        "training texts (model/obfuscate.py); the committed artifact is trained without them")
+                        "training texts (model/obfuscate.py), as the committed artifact was (default: on)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--int8", action="store_true",
                         help="also measure torch's dynamically quantised int8 model (a second full pass)")

@@ -17,8 +17,9 @@ from model.calibrate import (
     flag_rates,
     fold_into_head,
     source_weights,
+    validation_record,
 )
-from model.data import LABELS
+from model.data import LABELS, make_example
 from model.modeling import ARTIFACT_DIR
 
 
@@ -62,3 +63,27 @@ def test_the_committed_model_is_calibrated_within_the_budget():
     assert info["calibration"]["method"] == "platt" and set(info["calibration"]["labels"]) == set(LABELS)
     assert all(rate <= rule["per_label_budget"] for rate in rule["dev_flag_rate"]["per_label"].values())
     assert rule["dev_flag_rate"]["any_label"] <= rule["any_label_budget"] <= 0.08
+
+
+def test_validation_record_counts_a_harmful_text_flagged_by_any_label_and_skips_unknown_labels():
+    """Any-label recall is over texts with a known positive label; a label the source does not know is
+    neither a positive nor a negative for that label."""
+    hate, harassment = LABELS.index("hate"), LABELS.index("harassment")
+
+    def example(positive=None, unknown=None):
+        labels = [int(j == positive) for j in range(len(LABELS))]
+        return make_example("text", "src", "bucket", labels, [j != unknown for j in range(len(LABELS))])
+
+    examples = [example(hate), example(hate), example(harassment), example(), example(), example(unknown=hate)]
+    scores = np.zeros((len(examples), len(LABELS)))
+    scores[0, hate] = 0.9             # caught by its own label
+    scores[2, hate] = 0.9             # a harassment text caught by hate: counts for any label
+    scores[3, hate] = 0.6             # a clean text over the hate threshold
+    scores[5, hate] = 0.99            # unknown for hate: not a false positive
+    thresholds = dict.fromkeys(LABELS, 0.5)
+    record = validation_record(examples, scores, thresholds)
+    assert record["harmful_texts"] == 3 and record["any_label_recall"] == round(2 / 3, 4)
+    # hate flags texts 0, 2 and 3 (not 5): one of three is hate
+    assert record["labels"]["hate"]["recall"] == 0.5 and record["labels"]["hate"]["precision"] == 0.3333
+    assert record["labels"]["hate"]["support_positive"] == 2
+    assert record["labels"]["harassment"]["recall"] == 0.0

@@ -134,9 +134,9 @@ def calibrate(datasets_dir: str, artifact_dir: str = ARTIFACT_DIR, threads: int 
         clean_scores = engine_scores(classifier, [c.text for c in clean_dev])
     labels, mask = label_arrays(splits["val"])
     platt = fit_platt(val_scores, labels, mask)
-    thresholds = budget_thresholds(apply_platt(clean_scores, platt), [c.source for c in clean_dev])
-    per_label, any_label = flag_rates(apply_platt(clean_scores, platt), thresholds,
-                                      source_weights([c.source for c in clean_dev]))
+    clean_calibrated, clean_sources = apply_platt(clean_scores, platt), [c.source for c in clean_dev]
+    thresholds = budget_thresholds(clean_calibrated, clean_sources)
+    per_label, any_label = flag_rates(clean_calibrated, thresholds, source_weights(clean_sources))
     validation = validation_record(splits["val"], apply_platt(val_scores, platt), thresholds)
 
     weights_path = os.path.join(artifact_dir, "weights.safetensors")

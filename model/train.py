@@ -1,6 +1,6 @@
 """Fine-tune the bundled moderation model and write its artifact and metrics.
 
-    python -m model.train ../shared/datasets --weak-spots   # the committed artifact (--weak-spots is the default)
+    python -m model.train ../shared/datasets            # the committed artifact (weak-spot data included)
     python -m model.train ../shared/datasets --limit 64 --epochs 1 --max-steps 2   # smoke run
 
 Deterministic on a given machine and thread count: fixed seeds, deterministic torch

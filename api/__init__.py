@@ -19,8 +19,10 @@ from api.contract import undocumented_routes
 from api.errors import error_response, register_error_handlers
 from api.extensions import Services
 from api.limits import init_limiter
+from api.long_polls import init_long_polls
 from api.metrics import count_rejection, init_metrics
 from api.schemas import build_schemas
+from api.tokens import token_counters
 from shared import metrics as names
 from shared.broker import broker_queues
 from shared.celery_app import is_redis_url, make_celery
@@ -67,10 +69,12 @@ def create_app(settings: Settings | None = None) -> Flask:
                               tuple(specs), settings.webhook_allowed_hosts,
                               tuple(spec.model_id for spec in specs.values())),
         capture_producer=capture_producer(celery),
+        token_counters=token_counters(specs),
     )
     register_error_handlers(app)
     _register_outage_handler(app)
     init_limiter(app, settings)
+    init_long_polls(app, settings)
     app.register_blueprint(init_metrics(app, queues, {name: spec.queue for name, spec in specs.items()}))
     for blueprint in (jobs.bp, moderations.bp, health.bp, queue.bp, web.bp, openapi.bp):
         app.register_blueprint(blueprint)

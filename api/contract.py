@@ -22,8 +22,10 @@ ERROR_DESCRIPTIONS = {
     401: "Missing or invalid API key",
     404: "Unknown or expired (or another key's) job",
     409: "The job is no longer queued",
-    413: "Body larger than MAX_CONTENT_LENGTH",
+    413: "Body larger than MAX_CONTENT_LENGTH, a text past MAX_TEXT_TOKENS or a request past MAX_REQUEST_TOKENS"
+         " tokens (the error names the count and the limit)",
     415: "Content-Type is not application/json",
+    422: "The Idempotency-Key was already used with a different request",
     429: "Rate limited; retry after Retry-After seconds",
     500: "The job failed",
     503: "Redis or the queue is unavailable, or the queue is full; retry after Retry-After seconds",
@@ -40,6 +42,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     body: str | None = None  # the RequestSchemas attribute that validates the body
     query: tuple[Callable, ...] = field(default_factory=tuple)  # request_schemas -> a parameter
+    headers: tuple[Callable, ...] = field(default_factory=tuple)  # request_schemas -> a header parameter
     path: dict = field(default_factory=dict)  # path parameter -> its JSON schema (default: a string)
     secured: bool = False  # needs a Bearer key when API_KEYS is set
     rate_limited: bool = True
@@ -113,7 +116,7 @@ def build_openapi(app: Flask, request_schemas, error_model: type[BaseModel], tit
                                                "content": _content(error_model)})
         spec: dict = {"summary": op.summary, "operationId": rule.endpoint.replace(".", "_"),
                       "responses": responses}
-        parameters = _path_parameters(rule, op) + [parameter(request_schemas) for parameter in op.query]
+        parameters = _path_parameters(rule, op) + [parameter(request_schemas) for parameter in op.query + op.headers]
         if parameters:
             spec["parameters"] = parameters
         if op.body:

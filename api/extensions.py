@@ -25,6 +25,7 @@ class Services:
     queues: object  # shared.broker: depth and oldest-job age, read from the broker
     models: dict[str, ModelSpec]
     schemas: RequestSchemas
+    token_counters: dict = None  # model name -> api.tokens.TokenCounter
     capture_producer: object = None  # shared.queues.capture_producer: builds the messages api/submission.py captures
 
 

@@ -17,6 +17,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -39,6 +40,13 @@ JOBS_SUBMITTED = Counter(names.JOBS_SUBMITTED_TOTAL, "Jobs accepted and enqueued
 TEXTS_SUBMITTED = Counter(names.TEXTS_SUBMITTED_TOTAL, "Texts in accepted jobs.", ["model"])
 JOBS_CANCELED = Counter(names.JOBS_CANCELED_TOTAL, "Queued jobs canceled by their client.", ["model"])
 REJECTED = Counter(names.REQUESTS_REJECTED_TOTAL, "Requests refused, by reason.", ["reason"])
+TOKENS = Counter(names.TOKENS_TOTAL, "Tokens counted at the door, by key class and outcome.",
+                 ["model", "key_class", "outcome"])
+# api/long_polls.py. livesum: the waits in progress in every live gunicorn process, added up.
+LONG_POLLS_ACTIVE = Gauge(names.LONG_POLLS_ACTIVE, "Long polls (wait) in progress.", multiprocess_mode="livesum")
+LONG_POLLS_REFUSED = Counter(names.LONG_POLLS_REFUSED_TOTAL, "Long polls refused or cut short, by the cap reached.",
+                             ["cap"])
+LONG_POLL_CAPS = ("process", "key")  # MAX_LONG_POLLS, MAX_LONG_POLLS_PER_KEY
 
 _REASON_BY_STATUS = {400: names.REJECT_INVALID, 404: None, 409: None, 413: names.REJECT_INVALID,
                      415: names.REJECT_INVALID, 401: names.REJECT_UNAUTHORIZED,
@@ -93,12 +101,18 @@ def count_rejection(reason: str) -> None:
     REJECTED.labels(reason).inc()
 
 
+def count_tokens(model: str, key_class: str, outcome: str, tokens: int) -> None:
+    TOKENS.labels(model, key_class, outcome).inc(tokens)
+
+
 def init_metrics(app: Flask, broker_queues, models: dict[str, str]) -> Blueprint:
     """`models` maps model names to queue names; `broker_queues` reads them (shared/broker.py)."""
     registry = _registry(QueueCollector(broker_queues, list(models.values())))
     # Export every series from the start at 0, so rate() and alerts see the first increment.
     for reason in names.REJECT_REASONS:
         REJECTED.labels(reason)
+    for cap in LONG_POLL_CAPS:
+        LONG_POLLS_REFUSED.labels(cap)
     for model in models:
         JOBS_SUBMITTED.labels(model)
         TEXTS_SUBMITTED.labels(model)

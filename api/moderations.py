@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from flask import Blueprint
 
+from api import idempotency
 from api import schemas as s
 from api.auth import require_api_key
 from api.contract import operation, reply
 from api.errors import APIError
-from api.extensions import services
+from api.extensions import services, wait_for_job
+from api.long_polls import require_long_poll
 from api.submission import submit_and_wait
 from api.validation import parse_json_body
 from shared.jobs import SUCCEEDED
@@ -49,16 +51,25 @@ def openai_result(stored: dict) -> s.OpenAIModeration:
 
 @bp.post("/v1/moderations")
 @operation("OpenAI-compatible moderation (waits for the job)", {200: ("Results", s.ModerationResponse)},
-           errors=(500, 503, 504), body="moderations", secured=True)
+           errors=(422, 500, 503, 504), body="moderations", headers=(idempotency.header_parameter,), secured=True)
 def create_moderation():
     svc = services()
     body = parse_json_body(svc.schemas.moderations)
-    record, finished = submit_and_wait(body.texts(), _configured_name(body.model, svc.models),
-                                       svc.settings.moderations_timeout)
-    if finished is None or not finished.finished:
-        raise APIError(504, "timeout", "the job did not finish in time; poll its status_url",
-                       job_id=record.job_id, status_url=f"/jobs/{record.job_id}")
+    require_long_poll(svc.settings.moderations_timeout)  # past the long-poll caps: 429, and no job created
+    claim = idempotency.claim()
+    timeout = svc.settings.moderations_timeout
+    headers = claim.headers if claim else {}
+    if claim is not None and claim.replayed:  # the original job, waited for as the original request did
+        record = finished = wait_for_job(claim.job_id, timeout) or claim.record
+    else:
+        with idempotency.released_on_failure(claim):
+            record, finished = submit_and_wait(body.texts(), _configured_name(body.model, svc.models), timeout,
+                                               job_id=claim.job_id if claim else None)
+    job_id = claim.job_id if claim else record.job_id
+    if record is None or finished is None or not finished.finished:
+        raise APIError(504, "timeout", "the job did not finish in time; poll its status_url", headers=headers,
+                       job_id=job_id, status_url=f"/jobs/{job_id}")
     if finished.status != SUCCEEDED:
-        raise APIError(500, "job_failed", finished.error or "the job failed", job_id=record.job_id)
-    return reply(s.ModerationResponse(id=ID_PREFIX + record.job_id, model=svc.models[record.model].model_id,
-                                      results=[openai_result(result) for result in finished.results]))
+        raise APIError(500, "job_failed", finished.error or "the job failed", headers=headers, job_id=job_id)
+    return reply(s.ModerationResponse(id=ID_PREFIX + job_id, model=svc.models[record.model].model_id,
+                                      results=[openai_result(result) for result in finished.results]), headers=headers)

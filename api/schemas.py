@@ -82,6 +82,8 @@ class ErrorDetail(BaseModel):
     param: Annotated[str | None, Field(description="the request field at fault, e.g. input[1]; null if none")]
     job_id: str | None = None
     status_url: str | None = None
+    tokens: Annotated[int | None, Field(description="on a token-budget refusal: the tokens counted")] = None
+    limit: Annotated[int | None, Field(description="on a token-budget refusal: the limit they passed")] = None
 
 
 class ErrorBody(BaseModel):
@@ -214,6 +216,10 @@ def build_schemas(max_items: int, max_chars: int, max_wait: float,
 
         def texts(self) -> list[str]:
             return [self.input_text] if self.input_text is not None else list(self.inputs or [])
+
+        def texts_field(self) -> str:
+            """The field the texts came in (named by a 413 for one text past MAX_TEXT_TOKENS)."""
+            return "input_text" if self.input_text is not None else "inputs"
 
     class TextPart(BaseModel):
         """OpenAI's text content part. (image_url parts are refused with a 400: text only.)"""

@@ -6,7 +6,9 @@ from flask import g
 
 from api.errors import APIError
 from api.extensions import services
-from api.metrics import JOBS_CANCELED, JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection
+from api.limits import key_class, token_budget
+from api.metrics import JOBS_CANCELED, JOBS_SUBMITTED, TEXTS_SUBMITTED, count_rejection, count_tokens
+from api.tokens import check_token_budget
 from shared import metrics as names
 from shared.jobs import JobRecord, is_job_id, new_job_id
 from shared.kombu_redis import captured_publishes, transport_for
@@ -44,11 +46,16 @@ def _queue_full(spec: ModelSpec) -> APIError:
 
 
 def submit_job(texts: list[str], model: str | None, callback_url: str | None = None,
-               job_id: str | None = None) -> JobRecord:
+               job_id: str | None = None, field: str = "input") -> JobRecord:
+    """`field`: the body field holding the texts, named by a 413 for a text past MAX_TEXT_TOKENS."""
     svc = services()
     spec = resolve_model(model)
+    callback_url = checked_callback_url(callback_url)
+    klass = key_class()
+    counts = check_token_budget(svc.token_counters[spec.name], texts, svc.settings, klass, spec.name, field)
+    token_budget().spend(sum(counts), spec.name)
     record = JobRecord(job_id=job_id or new_job_id(), model=spec.name, queue=spec.queue, texts=texts,
-                       owner=g.get("owner", ""), callback_url=checked_callback_url(callback_url))
+                       text_tokens=counts, owner=g.get("owner", ""), callback_url=callback_url)
     # The record exists before the message, so a worker or GET never sees an unknown job.
     if svc.queues.shares_record_redis and transport_for(svc.settings.broker_url):
         _create_with_message(svc, spec, record)
@@ -56,6 +63,7 @@ def submit_job(texts: list[str], model: str | None, callback_url: str | None = N
         _create_then_publish(svc, spec, record)
     JOBS_SUBMITTED.labels(spec.name).inc()
     TEXTS_SUBMITTED.labels(spec.name).inc(len(record.texts))
+    count_tokens(spec.name, klass, names.TOKENS_ACCEPTED, sum(counts))
     return record
 
 
@@ -63,7 +71,7 @@ def _create_with_message(svc, spec: ModelSpec, record: JobRecord) -> None:
     """This project's Redis transport on the record Redis: one script call reads the depth and, below
     MAX_QUEUE_DEPTH, writes the record and pushes the message Celery built but did not send."""
     with captured_publishes() as messages:
-        publish_job(svc.celery, record.job_id, spec.name, record.texts, record.enqueued_ts, captured=True,
+        publish_job(svc.celery, record.job_id, spec.name, record.enqueued_ts, captured=True,
                     producer=svc.capture_producer)
     (message,) = messages
     max_depth = svc.settings.max_queue_depth
@@ -83,20 +91,21 @@ def _create_then_publish(svc, spec: ModelSpec, record: JobRecord) -> None:
     try:  # whatever fails from here (a full queue, the broker down) removes the record it wrote
         if not queues.shares_record_redis and queues.depth(spec.queue) >= max_depth:
             raise _queue_full(spec)
-        publish_job(svc.celery, record.job_id, spec.name, record.texts, record.enqueued_ts)
+        publish_job(svc.celery, record.job_id, spec.name, record.enqueued_ts)
     except Exception:
         svc.store.delete(record)
         raise
 
 
 def submit_and_wait(texts: list[str], model: str | None, timeout: float,
-                    callback_url: str | None = None) -> tuple[JobRecord, JobRecord | None]:
+                    callback_url: str | None = None, job_id: str | None = None,
+                    field: str = "input") -> tuple[JobRecord, JobRecord | None]:
     """Accept a job, then wait up to `timeout` s for it: (accepted record, latest record). Watched
     before it is queued, so its completion cannot slip by and nothing needs reading back."""
     svc = services()
-    job_id = new_job_id()
+    job_id = job_id or new_job_id()
     with svc.completions.watching(job_id) as waiter:
-        record = submit_job(texts, model, callback_url, job_id=job_id)
+        record = submit_job(texts, model, callback_url, job_id=job_id, field=field)
         return record, svc.store.wait_watched(waiter, timeout, svc.completions, record)
 
 

@@ -26,12 +26,12 @@ from client.errors import (
     ServiceUnreachableError,
     UnsupportedMediaTypeError,
 )
-from client.models import Job, ModelInfo, Models, ModerationResult, Readiness, ServerLimits
+from client.models import Job, ModelInfo, Models, ModerationResult, RateLimits, Readiness, ServerLimits
 
 __all__ = [
     "DEFAULT_URL", "ModerationClient", "APIError", "AuthenticationError", "BadRequestError", "ClientError",
     "ConflictError", "GatewayTimeoutError", "JobFailedError", "JobTimeoutError", "ModerationError",
     "NotFoundError", "PayloadTooLargeError", "RateLimitedError", "ServerError", "ServiceUnavailableError",
     "ServiceUnreachableError", "UnsupportedMediaTypeError", "Job", "ModelInfo", "ModerationResult", "Models",
-    "Readiness", "ServerLimits",
+    "RateLimits", "Readiness", "ServerLimits",
 ]

@@ -252,11 +252,16 @@ def cmd_status(args: argparse.Namespace, client: ModerationClient) -> int:
 COMMANDS = {"moderate": cmd_moderate, "check": cmd_check, "status": cmd_status}
 
 
+def note_pause(seconds: float, budget: str) -> None:
+    """The client waits for a spent rate-limit budget (x-ratelimit-* headers): say so, above any progress bar."""
+    tqdm.write(f"moderation: rate limit reached (no {budget} left); pausing {seconds:.1f} s", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with ModerationClient(args.url, api_key=args.api_key, timeout=args.timeout,
-                              max_retries=max(0, args.max_retries)) as client:
+                              max_retries=max(0, args.max_retries), on_pause=note_pause) as client:
             return COMMANDS[args.command](args, client)
     except (InputError, OSError) as exc:
         print(f"moderation: {exc}", file=sys.stderr)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -20,7 +22,7 @@ from client.errors import (
     ServiceUnreachableError,
     error_from_response,
 )
-from client.models import Job, ModelInfo, Models, ModerationResult, Readiness, ServerLimits
+from client.models import Job, ModelInfo, Models, ModerationResult, RateLimits, Readiness, ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,12 @@ DEFAULT_URL = "http://127.0.0.1:5000"
 # Answers that mean "nothing was accepted, try again later": rate limited, queue full or Redis down.
 RETRY_STATUSES = frozenset({429, 503})
 MIN_RETRY_DELAY = 0.25
+# Requests that spend the server's submission budget (and tokens): the ones paced by its x-ratelimit-* headers.
+SUBMIT_METHODS = frozenset({"POST", "DELETE"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+PACE_MARGIN = 0.1
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|h|m|s)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -42,6 +50,44 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def parse_duration(value: str | None) -> float | None:
+    """An OpenAI reset duration ("250ms", "1s", "1.5s", "6m0s", "1h2m3s"; a bare number is seconds) in
+    seconds; None when absent or malformed."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    total, position = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            return None
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    return total if position == len(text) else None
+
+
+def _header_int(headers: httpx.Headers, name: str) -> int | None:
+    try:
+        return int(float(headers[name]))
+    except (KeyError, ValueError):
+        return None
+
+
+def rate_limits_from_headers(headers: httpx.Headers, now: float | None = None) -> RateLimits | None:
+    """The x-ratelimit-{limit,remaining,reset}-{requests,tokens} headers; None if the answer has none."""
+    values: dict[str, Any] = {}
+    for budget in ("requests", "tokens"):
+        values[f"limit_{budget}"] = _header_int(headers, f"x-ratelimit-limit-{budget}")
+        values[f"remaining_{budget}"] = _header_int(headers, f"x-ratelimit-remaining-{budget}")
+        values[f"reset_{budget}"] = parse_duration(headers.get(f"x-ratelimit-reset-{budget}"))
+    if all(value is None for value in values.values()):
+        return None
+    return RateLimits(**values, observed_at=time.monotonic() if now is None else now)
 
 
 def _find(schema: Any, key: str) -> Any:
@@ -84,11 +130,17 @@ class ModerationClient:
     retried up to `max_retries` times, sleeping what Retry-After says, or an exponential back-off from
     0.25 s when that is longer (at most `max_retry_wait` s each); then the error is raised. `max_batch_items`
     overrides the server's MAX_BATCH_ITEMS, which is otherwise read from /openapi.json.
+
+    Every submission carries a fresh Idempotency-Key, the same on each of its retries, so a retry (after a
+    dropped connection too) never queues a second job. Submissions are paced by the server's x-ratelimit-*
+    headers (`rate_limits`: the last ones seen): when a budget is spent, the next one waits for its reset
+    (at most `max_retry_wait` s), calling `on_pause(seconds, budget)` first; `pace=False` only retries 429s.
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 30.0, *,
                  max_retries: int = 8, max_retry_wait: float = 60.0, max_batch_items: int | None = None,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, pace: bool = True,
+                 on_pause: Callable[[float, str], None] | None = None):
         headers = {"Accept": "application/json", "User-Agent": "moderation-client"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -101,6 +153,9 @@ class ModerationClient:
         self._limits: ServerLimits | None = None
         self._lock = threading.Lock()
         self.retries = 0  # 429/503 answers and connection failures slept through so far (all threads)
+        self.rate_limits: RateLimits | None = None  # x-ratelimit-* of the last submission's answer
+        self.pauses = 0  # waits for a spent budget's reset so far (all threads)
+        self.pace, self.on_pause = pace, on_pause
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -127,22 +182,55 @@ class ModerationClient:
         log.info("%s %s: %s; retrying in %.1fs", method, path, why, delay)
         time.sleep(min(delay, self.max_retry_wait))
 
+    def _observe(self, response: httpx.Response) -> None:
+        limits = rate_limits_from_headers(response.headers)
+        if limits is not None:
+            with self._lock:
+                self.rate_limits = limits
+
+    def _pace(self, method: str, path: str) -> None:
+        """Before a submission: if the last answer said a budget is spent, wait for its reset."""
+        limits = self.rate_limits
+        if limits is None or not self.pace:
+            return
+        wait, budget = limits.pause(time.monotonic())
+        if wait <= 0:
+            return
+        # The server rounds its reset (to 0.1 s, or to the second): a little more, so we arrive after it.
+        wait = min(wait + PACE_MARGIN, self.max_retry_wait)
+        with self._lock:
+            self.pauses += 1
+        log.info("%s %s: no %s left in the rate limit; waiting %.1fs for its reset", method, path, budget, wait)
+        if self.on_pause is not None:
+            self.on_pause(wait, budget)
+        time.sleep(wait)
+
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                timeout: float | None = None, retry: bool = True) -> httpx.Response:
+                timeout: float | None = None, retry: bool = True,
+                idempotency_key: str | None = None) -> httpx.Response:
         """One API call; raises the APIError subclass of an error answer, after bounded retries of 429/503
-        answers and of connection failures (ServiceUnreachableError once they run out)."""
+        answers and of connection failures (ServiceUnreachableError once they run out). `idempotency_key`
+        goes with every attempt, which makes a POST safe to retry after any connection failure."""
+        headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else None
+        submission = method in SUBMIT_METHODS
         attempt = 0
         while True:
+            if submission:
+                self._pace(method, path)
             try:
-                response = self._http.request(method, path, json=json, params=params,
+                response = self._http.request(method, path, json=json, params=params, headers=headers,
                                               timeout=timeout if timeout is not None else self.timeout)
             except httpx.TransportError as exc:
-                # Retry only where no job can have been created twice: the connection never opened, or a read.
-                if retry and attempt < self.max_retries and (isinstance(exc, httpx.ConnectError) or method == "GET"):
+                # Retry only where no job can be created twice: the connection never opened, a read, or a
+                # request whose Idempotency-Key makes the server answer a repeat with the first one's job.
+                safe = isinstance(exc, httpx.ConnectError) or method == "GET" or idempotency_key is not None
+                if retry and attempt < self.max_retries and safe:
                     self._sleep_before_retry(method, path, repr(exc), MIN_RETRY_DELAY * 2 ** attempt)
                     attempt += 1
                     continue
                 raise ServiceUnreachableError(f"{method} {self.base_url}{path}: {exc!r}") from exc
+            if submission:
+                self._observe(response)
             if response.status_code < 400:
                 return response
             if retry and response.status_code in RETRY_STATUSES and attempt < self.max_retries:
@@ -153,15 +241,18 @@ class ModerationClient:
 
     # -- the job API -------------------------------------------------------------------------------
 
-    def submit(self, texts: str | Sequence[str], model: str | None = None, wait: float = 0) -> Job:
+    def submit(self, texts: str | Sequence[str], model: str | None = None, wait: float = 0,
+               idempotency_key: str | None = None) -> Job:
         """POST /generate: queue one text or a list (at most MAX_BATCH_ITEMS). With `wait`, the server holds
-        the answer up to that many seconds and returns the finished job if it finished by then."""
+        the answer up to that many seconds and returns the finished job if it finished by then. Sent with
+        `idempotency_key` (default: a fresh uuid4), also on every retry: one call queues at most one job."""
         body: dict[str, Any] = {"input_text": texts} if isinstance(texts, str) else {"inputs": list(texts)}
         if model:
             body["model"] = model
         if wait:
             body["wait"] = wait
-        response = self.request("POST", "/generate", json=body, timeout=self.timeout + wait)
+        response = self.request("POST", "/generate", json=body, timeout=self.timeout + wait,
+                                idempotency_key=idempotency_key or str(uuid.uuid4()))
         return Job.from_json(response.json())
 
     def get(self, job_id: str, wait: float = 0) -> Job:

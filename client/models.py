@@ -112,3 +112,30 @@ class ServerLimits:
     max_batch_items: int = 256
     max_text_chars: int = 20_000
     max_wait_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """The OpenAI-style x-ratelimit-* headers of the last submission's answer (None: not sent). The resets
+    are seconds from `observed_at` (time.monotonic()) until that budget is full again."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+    observed_at: float = 0.0
+
+    @property
+    def known(self) -> bool:
+        return self.remaining_requests is not None or self.remaining_tokens is not None
+
+    def pause(self, now: float) -> tuple[float, str]:
+        """(seconds to wait before the next submission, which budget is spent); (0, "") when none is."""
+        waits = [(self.observed_at + (reset or 0.0) - now, name)
+                 for remaining, reset, name in ((self.remaining_requests, self.reset_requests, "requests"),
+                                                (self.remaining_tokens, self.reset_tokens, "tokens"))
+                 if remaining is not None and remaining <= 0]
+        wait, name = max(waits, default=(0.0, ""))
+        return (wait, name) if wait > 0 else (0.0, "")

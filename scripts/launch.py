@@ -40,7 +40,8 @@ def api_command(app: str = "api:create_app()") -> list[str]:
 
 # Variables a launched stack sets itself; the caller's environment must not leak them in.
 _OWN_PREFIXES = ("MODEL", "WORKER_", "RATE_", "API_KEYS", "BATCH_", "CACHE_", "PROMETHEUS_", "CELERY_",
-                 "MAX_", "VISIBILITY_", "READ_RATE_", "WEBHOOK_", "ENGINE")
+                 "MAX_", "VISIBILITY_", "READ_RATE_", "WEBHOOK_", "ENGINE", "TOKEN_RATE_", "SLICE_",
+                 "JOB_TIMEOUT")
 
 
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
@@ -48,7 +49,8 @@ def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_PREFIXES)}
     # ENGINE/QUANTIZE: the reference engine (torch fp32), whose scores do not depend on the other texts
     # of a forward pass, so tests can compare exact scores; tests of the default engine pass ENGINE="auto".
-    env.update({"REDIS_URL": redis_url, "RATE_LIMITER": "off", "READ_RATE_LIMITER": "off", "LOG_LEVEL": "INFO",
+    env.update({"REDIS_URL": redis_url, "RATE_LIMITER": "off", "READ_RATE_LIMITER": "off",
+                "TOKEN_RATE_LIMITER": "off", "LOG_LEVEL": "INFO",
                 "ENGINE": "torch", "QUANTIZE": "none",
                 "WORKER_METRICS_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in overrides.items()})

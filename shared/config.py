@@ -16,9 +16,23 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_PATH = PROJECT_ROOT / "build" / "moderation-minilm"
 # Where the worker keeps models it exported to ONNX (git-ignored; ENGINE_CACHE_DIR overrides).
 DEFAULT_ENGINE_CACHE_DIR = str(PROJECT_ROOT / "var" / "engine-cache")
-# Tokens the worker reads per text (in overlapping windows of the model's length): more than the
-# default MAX_TEXT_CHARS of English holds (~5,000), so only odd texts (one token per character) are cut.
+# Tokens one text may hold (the served model's tokenizer, counted by the API; a longer text is refused
+# with 413, and the worker never reads past it): more than the default MAX_TEXT_CHARS of English holds
+# (~5,000); a text of one token per character is refused instead of read for ~2.5 s. README "Limits".
 DEFAULT_MAX_TEXT_TOKENS = 8192
+# Tokens one request may hold, all texts together: ~5 s of a 2-core CPU worker (about 3,000 tokens/s
+# per core for long texts, each read ~3 times in overlapping windows), as much as OpenAI's moderation
+# takes in one input. Past it: 413. README "Limits" has the reasoning.
+DEFAULT_MAX_REQUEST_TOKENS = 32768
+# Tokens per minute per key (flask-limiter syntax), counted as MAX_REQUEST_TOKENS is: about a third of
+# what one 2-core CPU worker reads in a minute, so one key alone cannot queue more than a worker serves.
+DEFAULT_TOKEN_RATE_LIMITER = "150000/minute"
+# Tokens the model reads (windows, special tokens included) in one slice of a batch: ~0.3 s on one core.
+# A job needing more is scored a slice per turn and goes to the back of its queue in between
+# (worker/slices.py), so a one-text job never waits behind a whole large one.
+DEFAULT_SLICE_TOKENS = 2048
+# Seconds a job may take from acceptance to its result before it is failed (JOB_TIMEOUT, per model).
+DEFAULT_JOB_TIMEOUT = 600.0
 ENGINES = ("auto", "torch", "onnx")
 QUANTIZE_MODES = ("", "int8", "none")  # "": int8 on CPU, fp16 on CUDA
 # Per API key (or client IP) over all limited endpoints; RATE_LIMITER=off disables it. See README.
@@ -90,6 +104,27 @@ def _parse_thresholds(env: dict) -> dict[str, dict[str, float]]:
         raise ConfigError(f"MODEL_THRESHOLDS must be a JSON object of objects of numbers: {exc}") from exc
 
 
+def _parse_job_timeouts(env: dict, models: dict[str, str]) -> dict[str, float]:
+    """JOB_TIMEOUT="600" (every model) or "600,big=1800" / "default=300,big=1800" (per model; a bare
+    number is the default for the others); 0 turns the deadline off."""
+    default, per_model = DEFAULT_JOB_TIMEOUT, {}
+    for item in _csv(env.get("JOB_TIMEOUT", "")):
+        name, sep, raw = item.rpartition("=")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise ConfigError(f"JOB_TIMEOUT entries must be seconds or model=seconds, got {item!r}") from None
+        if seconds < 0:
+            raise ConfigError(f"JOB_TIMEOUT must be >= 0, got {item!r}")
+        if not sep:
+            default = seconds
+        elif name.strip() not in models:
+            raise ConfigError(f"JOB_TIMEOUT names unknown model {name.strip()!r}")
+        else:
+            per_model[name.strip()] = seconds
+    return {name: per_model.get(name, default) for name in models}
+
+
 def _read_api_keys(env: dict) -> tuple[str, ...]:
     keys = _csv(env.get("API_KEYS", ""))
     keys_file = env.get("API_KEYS_FILE", "").strip()
@@ -143,11 +178,20 @@ class Settings:
     max_content_length: int = 1024 * 1024
     max_wait_seconds: float = 30.0
     moderations_timeout: float = 30.0
+    # Long polls (`wait`, /v1/moderations) each hold a gunicorn thread while they wait (api/long_polls.py).
+    # Per API process: 24 of GUNICORN_THREADS' default 32, so 8 threads always stay free for submissions,
+    # reads, /healthz and /readyz (probes time out otherwise) and /metrics; keep it below GUNICORN_THREADS.
+    max_long_polls: int = 24
+    # Per caller (API key, else client IP) in each process: a third of the above, so one client cannot
+    # take every waiting thread and at least three can wait at once.
+    max_long_polls_per_key: int = 8
     max_queue_depth: int = 10_000
     result_ttl: int = 24 * 3600
     rate_limiter: str = DEFAULT_RATE_LIMITER  # submissions; "" when RATE_LIMITER=off
     read_rate_limiter: str = DEFAULT_READ_RATE_LIMITER  # reads; "" when READ_RATE_LIMITER=off
+    token_rate_limiter: str = DEFAULT_TOKEN_RATE_LIMITER  # tokens per key; "" when TOKEN_RATE_LIMITER=off
     rate_limit_storage_url: str = ""
+    max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS
     api_keys: tuple[str, ...] = ()
     trusted_proxies: int = 0
     # Webhooks (callback_url): only these hosts are ever called; none set means the field is refused.
@@ -162,6 +206,8 @@ class Settings:
     batch_max_tokens: int = 0  # 0: the worker picks by device (worker/inference.py)
     batch_max_wait_ms: float = 5.0
     max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS
+    slice_tokens: int = DEFAULT_SLICE_TOKENS
+    job_timeouts: dict[str, float] = field(default_factory=dict)  # per model; 0: no deadline
     cache_ttl: int = 3600
     device: str = ""
     engine: str = "auto"
@@ -218,11 +264,15 @@ def load_settings(environ: dict | None = None) -> Settings:
         max_content_length=_int(env, "MAX_CONTENT_LENGTH", 1024 * 1024, 1024),
         max_wait_seconds=_float(env, "MAX_WAIT_SECONDS", 30.0),
         moderations_timeout=_float(env, "MODERATIONS_TIMEOUT", 30.0, 0.1),
+        max_long_polls=_int(env, "MAX_LONG_POLLS", 24, 1),
+        max_long_polls_per_key=_int(env, "MAX_LONG_POLLS_PER_KEY", 8, 1),
         max_queue_depth=_int(env, "MAX_QUEUE_DEPTH", 10_000, 1),
         result_ttl=_int(env, "RESULT_TTL", 24 * 3600, 1),
         rate_limiter=_rate_limiter(env, "RATE_LIMITER", DEFAULT_RATE_LIMITER),
         read_rate_limiter=_rate_limiter(env, "READ_RATE_LIMITER", DEFAULT_READ_RATE_LIMITER),
+        token_rate_limiter=_rate_limiter(env, "TOKEN_RATE_LIMITER", DEFAULT_TOKEN_RATE_LIMITER),
         rate_limit_storage_url=env.get("RATE_LIMIT_STORAGE_URL", "").strip(),
+        max_request_tokens=_int(env, "MAX_REQUEST_TOKENS", DEFAULT_MAX_REQUEST_TOKENS, 1),
         api_keys=_read_api_keys(env),
         trusted_proxies=_int(env, "TRUSTED_PROXIES", 0),
         webhook_allowed_hosts=webhook_allowed_hosts,
@@ -235,6 +285,8 @@ def load_settings(environ: dict | None = None) -> Settings:
         batch_max_tokens=_int(env, "BATCH_MAX_TOKENS", 0),
         batch_max_wait_ms=_float(env, "BATCH_MAX_WAIT_MS", 5.0),
         max_text_tokens=_int(env, "MAX_TEXT_TOKENS", DEFAULT_MAX_TEXT_TOKENS, 1),
+        slice_tokens=_int(env, "SLICE_TOKENS", DEFAULT_SLICE_TOKENS, 1),
+        job_timeouts=_parse_job_timeouts(env, models),
         cache_ttl=_int(env, "CACHE_TTL", 3600),
         device=env.get("DEVICE", "").strip().lower(),
         engine=engine,

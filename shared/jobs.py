@@ -36,7 +36,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results', ARGV[3], 'error', ARGV[4],
            'finished_by', ARGV[9])
-redis.call('HDEL', KEYS[1], 'texts')
+redis.call('HDEL', KEYS[1], 'texts', 'text_tokens', 'cursor', 'partial')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[7])
 -- The webhook outbox entry is written with the result, so a crash before the call is enqueued loses nothing.
@@ -52,7 +52,7 @@ _CANCEL_SCRIPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' then return status end
 redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'texts')
+redis.call('HDEL', KEYS[1], 'texts', 'text_tokens', 'cursor', 'partial')
 redis.call('ZREM', ARGV[2] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[3])
 redis.call('PUBLISH', KEYS[2], 'canceled')
 return 1
@@ -77,7 +77,9 @@ return depth
 # store outage), or running under an expired lease (its worker died: if that worker had handed it to the
 # model, one death is counted, once). A job running under another worker's live lease is "held": it is
 # not run again concurrently. Finished, canceled or unknown jobs are "skip". Every reply is
-# (status, enqueued_ts, verdict, deaths); missing values answer "" ("nil" would cut Lua's array short).
+# (status, enqueued_ts, verdict, deaths, then for a job to run: texts, owner, text_tokens, cursor, partial,
+# requeued_ts, slices: the record is the one copy of the texts, the message carries only the job id);
+# missing values answer "" ("nil" would cut Lua's array short).
 # The claim also renews this worker's lease, so a worker holds its jobs from its first claim on.
 _CLAIM_SCRIPT = """
 redis.call('SET', ARGV[3] .. ARGV[2], '1', 'EX', ARGV[4])
@@ -112,8 +114,28 @@ for i = 1, #KEYS, 2 do
   out[n + 2] = row[2] or ''
   out[n + 3] = verdict
   out[n + 4] = redis.call('HGET', deliveries, 'deaths') or '0'
+  local work = {}
+  if verdict == 'run' then
+    work = redis.call('HMGET', job, 'texts', 'owner', 'text_tokens', 'cursor', 'partial', 'requeued_ts', 'slices')
+  end
+  for j = 1, 7 do out[n + 4 + j] = work[j] or '' end
 end
 return out
+"""
+CLAIM_FIELDS = 11
+# A job scored in part goes back to its queue (worker/slices.py): only while it is running under this
+# worker (ARGV[1]); keeps where scoring stopped (cursor, partial scores), frees the lease without a death
+# (nothing crashed), and marks it published now in the pending index (KEYS[3]) so the redelivery sweep
+# treats the message about to be sent as the job's latest. Returns 1, or 0 if the job is not ours.
+_REQUEUE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'cursor', ARGV[2], 'partial', ARGV[3], 'requeued_ts', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'slices', ARGV[6])
+redis.call('HSET', KEYS[2], 'owner', '', 'attempt', '')
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+return 1
 """
 # Verdicts of the claim script.
 RUN, HELD, SKIP = "run", "held", "skip"
@@ -129,6 +151,22 @@ class Claim(NamedTuple):
     enqueued_ts: str | None
     verdict: str  # RUN, HELD or SKIP
     deaths: int  # workers that died after handing this job to the model
+    # For a job to run (RUN), read in the same round trip:
+    texts: list[str] | None = None
+    owner: str = ""
+    text_tokens: list[int] | None = None  # counted by the API (api/tokens.py); None from an older API
+    cursor: str = ""  # where an earlier slice stopped (worker/slices.py); "" from the start
+    partial: list | None = None  # the earlier slices' scores
+    requeued_ts: float | None = None  # when it went back to the queue after a slice
+    slices: int = 0  # slices already run
+
+    @classmethod
+    def from_reply(cls, flat: list) -> Claim:
+        texts, owner, tokens, cursor, partial, requeued, slices = flat[4:CLAIM_FIELDS]
+        return cls(flat[0] or None, flat[1] or None, flat[2], int(flat[3]),
+                   json.loads(texts) if texts else None, owner or "", json.loads(tokens) if tokens else None,
+                   cursor or "", json.loads(partial) if partial else None, float(requeued) if requeued else None,
+                   int(slices or 0))
 
 
 def new_job_id() -> str:
@@ -170,8 +208,9 @@ class JobRecord:
     job_id: str
     model: str
     queue: str = ""
-    # Kept until the job finishes, so a job whose message was lost can be published again.
+    # Kept until the job finishes: the one copy of the texts (the message carries only the job id).
     texts: list[str] | None = None
+    text_tokens: list[int] | None = None  # tokens per text, counted by the API (api/tokens.py)
     status: str = QUEUED
     owner: str = ""
     callback_url: str = ""
@@ -206,6 +245,7 @@ class JobRecord:
             model=data.get("model", ""),
             queue=data.get("queue", ""),
             texts=json.loads(data["texts"]) if data.get("texts") else None,
+            text_tokens=json.loads(data["text_tokens"]) if data.get("text_tokens") else None,
             status=data.get("status", QUEUED),
             owner=data.get("owner", ""),
             callback_url=data.get("callback_url", ""),
@@ -226,13 +266,16 @@ class JobStore:
         self._cancel = client.register_script(_CANCEL_SCRIPT)
         self._claim = client.register_script(_CLAIM_SCRIPT)
         self._create = client.register_script(_CREATE_SCRIPT)
+        self._requeue = client.register_script(_REQUEUE_SCRIPT)
 
     @staticmethod
     def _fields(record: JobRecord) -> dict[str, str]:
         return {
             "model": record.model,
             "queue": record.queue,
-            "texts": json.dumps(record.texts or []),
+            # Stored as UTF-8, not \u escapes: a job costs Redis about its text bytes (README "Limits").
+            "texts": json.dumps(record.texts or [], ensure_ascii=False),
+            **({"text_tokens": json.dumps(record.text_tokens)} if record.text_tokens is not None else {}),
             "status": record.status,
             "owner": record.owner,
             **({"callback_url": record.callback_url} if record.callback_url else {}),
@@ -296,8 +339,14 @@ class JobStore:
             return []
         keys = [key for job_id in job_ids for key in (job_key(job_id), DELIVERIES_PREFIX + job_id)]
         flat = self._claim(keys=keys, args=[utc_now(), owner, LEASE_PREFIX, LEASE_SECONDS, self.ttl])
-        return [Claim(flat[i] or None, flat[i + 1] or None, flat[i + 2], int(flat[i + 3]))
-                for i in range(0, len(flat), 4)]
+        return [Claim.from_reply(flat[i:i + CLAIM_FIELDS]) for i in range(0, len(flat), CLAIM_FIELDS)]
+
+    def requeue(self, job_id: str, queue: str, owner: str, cursor: str, partial: list, progressed: bool) -> bool:
+        """Put a job `owner` runs back to queued after a slice (_REQUEUE_SCRIPT); the caller then publishes
+        its next message. False: the job is no longer this worker's (publish nothing)."""
+        now = time.time()
+        return bool(self._requeue(keys=[job_key(job_id), DELIVERIES_PREFIX + job_id, pending_key(queue)],
+                                  args=[owner, cursor, json.dumps(partial), repr(now), job_id, int(progressed)]))
 
     def renew_lease(self, owner: str) -> None:
         """Keep this worker's claimed jobs its own for another LEASE_SECONDS (the heartbeat calls it)."""

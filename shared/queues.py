@@ -29,16 +29,17 @@ def capture_producer(celery_app):
     return celery_app.amqp.Producer(celery_app.connection_for_write(), auto_declare=False)
 
 
-def publish_job(celery_app, job_id: str, model: str, texts: list[str], enqueued_at: float,
+def publish_job(celery_app, job_id: str, model: str, enqueued_at: float,
                 captured: bool = False, producer=None) -> None:
-    """Send one job's task message. The task id is the job id; `enqueued_at` feeds queue-age metrics.
+    """Send one job's task message: (job id, model). The texts stay in the job record alone (one copy in
+    Redis; the worker reads them when it claims the job). The task id is the job id; `enqueued_at` feeds
+    queue-age metrics.
     captured=True (inside shared.kombu_redis.captured_publishes): the message is only built, so no publish
     retry (nothing is written, nothing to retry) and no queue declaration (kombu would bind the queue to
     the channel again for every message, ~20 us of object copies; the list needs no declaring and the
     worker declares the queues it consumes). `producer`: capture_producer()'s, with captured=True only."""
-    # argsrepr/kwargsrepr given: Celery would otherwise saferepr() the texts into every message's
-    # headers, which costs CPU per job and copies user text into anything that logs headers.
-    celery_app.send_task(MODERATE_TASK, args=[job_id, model, texts], queue=queue_for_model(model),
+    # argsrepr/kwargsrepr given: Celery would otherwise saferepr() the args into every message's headers.
+    celery_app.send_task(MODERATE_TASK, args=[job_id, model], queue=queue_for_model(model),
                          task_id=job_id, headers={"enqueued_at": enqueued_at},
-                         argsrepr=f"[{job_id!r}, {model!r}, <{len(texts)} texts>]", kwargsrepr="{}",
+                         argsrepr=f"[{job_id!r}, {model!r}]", kwargsrepr="{}",
                          retry=not captured, declare=[] if captured else None, producer=producer)

@@ -139,8 +139,9 @@ def test_the_strict_check_catches_an_unknown_field():
     ({"environment": "prod", "secrets.existingSecret": ""}, "existingSecret"),
     ({"config.API_KEYS": "secret-in-a-configmap"}, "config"),
     ({"workerDefaults.resources.limits.cpu": "1500m"}, "cpu"),
+    ({"config.MAX_LONG_POLLS": "0"}, "MAX_LONG_POLLS"),
 ], ids=["string-replicas", "unknown-broker-scheme", "unknown-broker", "prod-without-secret",
-        "credential-in-config", "fractional-worker-cpu"])
+        "credential-in-config", "fractional-worker-cpu", "no-long-polls"])
 def test_values_schema_refuses_bad_values(overrides, message):
     args = [arg for key, value in overrides.items() for arg in ("--set-string", f"{key}={value}")]
     result = helm("template", "x", str(CHART), "-f", str(values_file("dev")), *args, check=False)
@@ -257,6 +258,24 @@ def test_every_container_has_requests_limits_and_matching_threads(environment, d
         assert env_of(container)["WORKER_PROCESSES"] == "1"
         if env_of(container)["DEVICE"] == "cuda":
             assert int(limits["nvidia.com/gpu"]) >= 1
+
+
+def test_long_polls_leave_api_threads_free(environment, docs):
+    """Each long poll holds a gunicorn thread (docs/long-polls.md): the per-process cap stays below the threads."""
+    config = configmap_data(docs)
+    (deployment,) = [d for d in of_kind(docs, "Deployment") if d["metadata"]["labels"].get(
+        "app.kubernetes.io/component") == "api"]
+    (container,) = containers(deployment)
+    env = env_of(container)
+    settings = load_settings({**config, **env, "WEBHOOK_SECRET": "s"})  # staging/prod read theirs from a Secret
+    assert settings.max_long_polls_per_key <= settings.max_long_polls < int(env["GUNICORN_THREADS"])
+
+
+def test_a_long_poll_cap_that_takes_every_thread_is_refused():
+    result = helm("template", "x", str(CHART), "-f", str(values_file("dev")), "--set", "api.gunicorn.threads=16",
+                  check=False)
+    assert result.returncode != 0, "MAX_LONG_POLLS=24 with 16 threads was accepted"
+    assert "config.MAX_LONG_POLLS (24) must be below api.gunicorn.threads (16)" in result.stderr, result.stderr
 
 
 def test_pods_are_non_root_read_only_tokenless_spread_and_budgeted(environment, docs):

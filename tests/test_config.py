@@ -38,10 +38,21 @@ def test_models_map_in_both_syntaxes():
     ({"QUANTIZE": "int4"}, "QUANTIZE"),
     ({"MODEL_THRESHOLDS": "[1]"}, "MODEL_THRESHOLDS"),
     ({"API_KEYS_FILE": "/nonexistent/keys"}, "API_KEYS_FILE"),
+    ({"MAX_LONG_POLLS": "0"}, "MAX_LONG_POLLS must be >= 1"),
+    ({"MAX_LONG_POLLS_PER_KEY": "some"}, "MAX_LONG_POLLS_PER_KEY must be an integer"),
 ])
 def test_bad_values_raise_config_errors(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_settings(env)
+
+
+def test_long_poll_caps_leave_threads_of_the_default_32_free():
+    defaults = load_settings({})
+    assert (defaults.max_long_polls, defaults.max_long_polls_per_key) == (24, 8)
+    assert defaults.max_long_polls < 32  # GUNICORN_THREADS' default (api/gunicorn_conf.py)
+    settings = load_settings({"MAX_LONG_POLLS": "10", "MAX_LONG_POLLS_PER_KEY": "3"})
+    assert (settings.max_long_polls, settings.max_long_polls_per_key) == (10, 3)
+    assert load_settings({"MAX_LONG_POLLS": ""}).max_long_polls == 24  # empty (compose) means the default
 
 
 def test_api_keys_from_env_and_file(tmp_path):

@@ -253,10 +253,10 @@ def assert_acknowledged_once(stack, worker, log_line: str) -> None:
 
 
 @pytest.mark.parametrize("args, reason", [
-    (["JOB", MODEL], "expected (job_id, model, texts)"),
-    (["JOB", MODEL, "not a list"], "texts must be a non-empty list of strings"),
-    (["JOB", MODEL, []], "texts must be a non-empty list of strings"),
-    (["JOB", "no-such-model", ["hello"]], "model 'no-such-model' is not served here"),
+    (["JOB"], "expected (job_id, model)"),
+    (["JOB", MODEL, ["hello"], "extra"], "expected (job_id, model)"),
+    (["JOB", 42], "model 42 is not served here"),
+    (["JOB", "no-such-model"], "model 'no-such-model' is not served here"),
 ])
 def test_a_malformed_task_is_failed_once_not_retried(stack, args, reason):
     worker = stack.ensure_worker()

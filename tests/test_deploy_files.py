@@ -35,7 +35,7 @@ WORKER_DOCKERFILE = ROOT / "docker" / "worker.Dockerfile"
 # The service's histograms: their _bucket/_sum/_count series are exported too.
 # test_declared_histograms_match_the_code keeps this list honest.
 HISTOGRAMS = frozenset({m.HTTP_REQUEST_DURATION_SECONDS, m.QUEUE_WAIT_SECONDS, m.INFERENCE_DURATION_SECONDS,
-                        m.BATCH_SIZE, m.BATCH_TOKENS})
+                        m.BATCH_SIZE, m.BATCH_TOKENS, m.JOB_SLICES, m.JOB_LATENCY_SECONDS})
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 # Metrics of the other exporters that the dashboards and rules may use. Small on purpose: add a

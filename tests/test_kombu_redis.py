@@ -45,18 +45,18 @@ def without_delivery_tag(payload: str) -> dict:
 def test_a_captured_message_is_what_kombu_pushes_itself(redis_server, redis_client):
     celery = make_celery(load_settings(base_env(redis_server.url)))
     queue, job_id = queue_for_model("capture"), str(uuid.uuid4())
-    publish_job(celery, job_id, "capture", ["some text"], 1234.5)
+    publish_job(celery, job_id, "capture", 1234.5)
     pushed = redis_client.lpop(queue)
     producer = capture_producer(celery)  # as the API captures: one shared producer, no queue declaration
     with captured_publishes() as captured:
-        publish_job(celery, job_id, "capture", ["some text"], 1234.5)
-        publish_job(celery, job_id, "capture", ["some text"], 1234.5, captured=True, producer=producer)
+        publish_job(celery, job_id, "capture", 1234.5)
+        publish_job(celery, job_id, "capture", 1234.5, captured=True, producer=producer)
     assert redis_client.llen(queue) == 0, "a captured publish wrote to the broker"
     assert [name for name, _ in captured] == [queue, queue]
     assert without_delivery_tag(captured[0][1]) == without_delivery_tag(pushed)
     assert without_delivery_tag(captured[1][1]) == without_delivery_tag(pushed)
     # Outside the block, publishing is back to normal.
-    publish_job(celery, job_id, "capture", ["some text"], 1234.5)
+    publish_job(celery, job_id, "capture", 1234.5)
     assert redis_client.llen(queue) == 1
 
 

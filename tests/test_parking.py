@@ -52,7 +52,7 @@ def test_messages_past_the_delivery_limit_are_parked_then_republished_or_failed(
     jobs = {name: str(uuid.uuid4()) for name in ("unfinished", "poison", "finished")}
     for name, job_id in jobs.items():
         store.create(JobRecord(job_id=job_id, model=MODEL, queue=QUEUE, texts=[f"the {name} job"]))
-        publish_job(celery, job_id, MODEL, [f"the {name} job"], time.time())
+        publish_job(celery, job_id, MODEL, time.time())
     store.finish_many([(jobs["finished"], [], None)])
     # Two workers died running the poison job (as worker/deliveries.py counts them).
     store.redis.hset(DELIVERIES_PREFIX + jobs["poison"], "deaths", MAX_DELIVERIES)

@@ -53,7 +53,7 @@ def make_job(store: JobStore, age: float, text: str = "hello") -> JobRecord:
 def held_by_a_consumer(celery, record: JobRecord):
     """Publish the job's message and receive it with a real kombu consumer that does not acknowledge it:
     kombu writes its own `unacked` entry, as it does for a worker mid-batch."""
-    publish_job(celery, record.job_id, MODEL, record.texts, record.enqueued_ts)
+    publish_job(celery, record.job_id, MODEL, record.enqueued_ts)
     received = []
     with celery.connection_for_read() as connection:
         channel = connection.channel()
@@ -71,7 +71,7 @@ def test_only_the_job_whose_message_vanished_is_published_again(parts, redis_cli
     with held_by_a_consumer(celery, held):
         assert unacked_task_ids(broker) == {held.job_id}
         waiting = make_job(store, age=60)  # its message is still in the queue: a backlog, not a loss
-        publish_job(celery, waiting.job_id, MODEL, waiting.texts, waiting.enqueued_ts)
+        publish_job(celery, waiting.job_id, MODEL, waiting.enqueued_ts)
         lost = make_job(store, age=120, text="lost one")  # record and pending entry, no message anywhere
         recent = make_job(store, age=1)  # within the grace period: may be between pop and unacked write
 

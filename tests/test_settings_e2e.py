@@ -236,7 +236,7 @@ def test_a_duplicate_delivery_of_a_finished_job_is_skipped(stack):
     assert first["status"] == "succeeded"
     before = stack.metrics()
     # The same task message again, as a redelivery would bring it (same task id, same args).
-    publish_job(make_celery(load_settings(stack.env)), job_id, "known", [text], time.time())
+    publish_job(make_celery(load_settings(stack.env)), job_id, "known", time.time())
     wait_until(lambda: f"job {job_id} is succeeded; skipping" in worker.log_tail(200_000), timeout=30,
                what="the worker to take the duplicate")
     after = stack.metrics()
@@ -256,7 +256,7 @@ def test_duplicate_messages_of_a_queued_job_run_it_once(stack):
     with consumer_paused(stack.env, worker.nodename, queue):
         response, _ = post(stack.api.url, "/generate", {"input_text": text})
         job_id = response.json()["job_id"]
-        publish_job(make_celery(load_settings(stack.env)), job_id, "known", [text], time.time())
+        publish_job(make_celery(load_settings(stack.env)), job_id, "known", time.time())
         wait_until(lambda: queue_depth(stack.redis, queue) == 2, timeout=30, what="both copies in the queue")
     job = wait_for_job(stack.api.url, job_id)
     assert job["status"] == "succeeded"

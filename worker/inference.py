@@ -226,15 +226,22 @@ class TextClassifier:
         """Scores for any number of texts, their windows length-sorted into forward passes of at most
         max_texts windows and max_tokens padded tokens; each label's highest window score; input order kept."""
         encoded, owners = self.encode(texts)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
         out: list[np.ndarray | None] = [None] * len(texts)
+        for owner, row in zip(owners, self.window_scores(encoded, max_texts, max_tokens, on_pass)):
+            out[owner] = row if out[owner] is None else np.maximum(out[owner], row)
+        return [np.asarray(row).tolist() for row in out]
+
+    def window_scores(self, encoded: dict[str, list[list[int]]], max_texts: int, max_tokens: int,
+                      on_pass=None) -> list[list[float]]:
+        """Per-label probabilities of each window of `encode`'s output (or any subset of its rows), in order."""
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        out: list[list[float] | None] = [None] * len(lengths)
         for group in plan_forward_passes(lengths, max_texts, max_tokens):
             started = time.perf_counter()
             rows = self._probabilities(self.backend.logits(self._pad(encoded, group)))
             for window, row in zip(group, rows):
-                owner = owners[window]
-                out[owner] = row if out[owner] is None else np.maximum(out[owner], row)
+                out[window] = row
             if on_pass is not None:
                 longest = max(lengths[i] for i in group)
                 on_pass(PassStats(len(group), longest * len(group), time.perf_counter() - started))
-        return [np.asarray(row).tolist() for row in out]
+        return out

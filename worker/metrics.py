@@ -28,3 +28,8 @@ MODEL_LOAD = Gauge(names.MODEL_LOAD_SECONDS, "Seconds the model took to load.", 
 WORKER_INFO = Gauge(names.WORKER_INFO,
                     "Always 1: which model this worker serves, on what device, with which engine.",
                     ["model", "device", "version", "engine"])
+JOB_SLICES = Histogram(names.JOB_SLICES, "Slices a job took (1: it ran whole).", ["model"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+JOB_LATENCY = Histogram(names.JOB_LATENCY_SECONDS,
+                        "Seconds from acceptance to result, by size (light: one slice, bulk: several).",
+                        ["model", "size"], buckets=_LATENCY_BUCKETS)

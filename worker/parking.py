@@ -66,8 +66,7 @@ def _settle(message, store: JobStore, deliveries: DeliveryCounter, celery: Celer
         store.finish_many([(job_id, None, poison_error(deaths))])
         message.ack()
         return "failed"
-    texts = record.texts or (args[2] if len(args) == 3 else [])
-    publish_job(celery, job_id, record.model or model, texts, time.time())
+    publish_job(celery, job_id, record.model or model, time.time())
     message.ack()
     return "republished"
 

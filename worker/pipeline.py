@@ -10,6 +10,10 @@ again concurrently, here or elsewhere. Jobs delivered for the first time share f
 whose previous worker died while running it runs alone, after the batch's first-time jobs are stored:
 if it is what kills the process, it takes no innocent job down with it, and after MAX_DELIVERIES
 deaths it is failed instead of run (worker/deliveries.py).
+
+No batch reads more than about SLICE_TOKENS tokens: small jobs run whole and are stored first, a large
+one advances by a slice and goes back to its queue (worker/slices.py). A job past its model's
+JOB_TIMEOUT (counted from its acceptance) is failed with a clear error instead of run.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.celery_app import celery_app
-from shared.jobs import FAILED, HELD, RUN, SKIP, SUCCEEDED
+from shared.jobs import FAILED, HELD, RUN, SKIP, SUCCEEDED, Claim
+from shared.queues import publish_job, queue_for_model
 from worker import metrics
 from worker.deliveries import poison_error, worker_name
 from worker.followups import after_batch
 from worker.inference import PassStats
 from worker.policy import moderation_result
 from worker.runtime import ServedModel, WorkerRuntime
+from worker.slices import plan_turn, remaining_cost, score_slice
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +100,19 @@ class Job:
     request_id: str
     job_id: str
     model: str
-    texts: list[str]
+    texts: list[str] = field(default_factory=list)  # from the record, once claimed
+    claim: Claim | None = None
+    cost: int = 0  # tokens still to read (worker/slices.py)
+
+    @property
+    def owner(self) -> str:
+        return self.claim.owner if self.claim else ""
+
+    @property
+    def waited_since(self) -> float:
+        """When it last joined the queue: accepted, or put back after a slice."""
+        claim = self.claim
+        return (claim.requeued_ts or float(claim.enqueued_ts or 0)) if claim else 0.0
 
 
 class MalformedTask(ValueError):
@@ -104,17 +122,17 @@ class MalformedTask(ValueError):
 
 
 def parse_request(request, served_models: dict) -> Job:
-    """Task args are (job_id, model, texts); anything else is failed, not retried forever."""
+    """Task args are (job_id, model); anything else is failed, not retried forever. The texts are read
+    from the job record when the job is claimed. (A message from an older API also carries the texts
+    as a third argument: they are the record's, so they are not read.)"""
     args = tuple(request.args or ())
     job_id = args[0] if args and isinstance(args[0], str) else None
-    if len(args) != 3 or job_id is None:
-        raise MalformedTask("malformed task message: expected (job_id, model, texts)", job_id)
-    _, model, texts = args
-    if model not in served_models:
+    if len(args) not in (2, 3) or job_id is None:
+        raise MalformedTask("malformed task message: expected (job_id, model)", job_id)
+    model = args[1]
+    if not isinstance(model, str) or model not in served_models:
         raise MalformedTask(f"malformed task message: model {model!r} is not served here", job_id)
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise MalformedTask("malformed task message: texts must be a non-empty list of strings", job_id)
-    return Job(request.id, job_id, model, texts)
+    return Job(request.id, job_id, model)
 
 
 def short_error(exc: BaseException) -> str:
@@ -193,6 +211,7 @@ def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcom
     claims = store.claim([job.job_id for job in jobs], worker_name())
     _count_lost_replies(runtime, [(job, claim) for job, claim in zip(jobs, claims) if claim.verdict != RUN])
     live, live_ids, fresh, retried = [], set(), [], []
+    now = time.time()
     for job, claim in zip(jobs, claims):
         if claim.verdict == HELD:
             log.info("job %s is held by another live worker; trying again later", job.job_id)
@@ -202,21 +221,85 @@ def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcom
                      "already in this batch" if job.job_id in live_ids else claim.status or "unknown (expired)")
             report.done.append(job.request_id)
         else:
+            job.claim, job.texts = claim, claim.texts or []
             live.append(job)
             live_ids.add(job.job_id)
-            (retried if claim.deaths else fresh).append((job, claim.deaths))
-            metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, time.time() - float(claim.enqueued_ts or 0)))
+            metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, now - job.waited_since))
+            if not job.texts:
+                outcomes.append((job.job_id, None, "the job record holds no texts"))
+            elif _past_deadline(runtime, job, now):
+                outcomes.append((job.job_id, None, _deadline_error(runtime, job)))
+            else:
+                served = runtime.models[job.model].classifier
+                job.cost = remaining_cost(claim.text_tokens, job.texts, claim.cursor, served.window_size)
+                (retried if claim.deaths else fresh).append((job, claim.deaths))
 
-    stored = _store(runtime, live, outcomes + _run_jobs(runtime, [job for job, _ in fresh]))
+    turn = plan_turn([job for job, _ in fresh], settings.slice_tokens)
+    # Small jobs first, stored before any slice runs: their clients are not kept waiting behind one.
+    stored = _store(runtime, live, outcomes + _run_jobs(runtime, [job for job in turn.whole if not job.claim.cursor]))
+    stored += _advance(runtime, live, _resumed(turn.whole) + turn.sliced, turn.postponed)
     for job, deaths in retried:  # one at a time, each stored before the next runs
         if deaths >= settings.max_deliveries:
             log.error("job %s: %d workers died running it; failing it", job.job_id, deaths)
-            outcome = [(job.job_id, None, poison_error(deaths))]
-        else:
-            outcome = _run_jobs(runtime, [job])
-        stored += _store(runtime, live, outcome)
+            stored += _store(runtime, live, [(job.job_id, None, poison_error(deaths))])
+            continue
+        alone = plan_turn([job], settings.slice_tokens)
+        stored += _store(runtime, live, _run_jobs(runtime, [job for job in alone.whole if not job.claim.cursor]))
+        stored += _advance(runtime, live, _resumed(alone.whole) + alone.sliced, [])
     after_batch(store.redis, celery_app, {job.job_id: job.model for job in live}, stored)
     report.done.extend(job.request_id for job in live)
+
+
+def _resumed(whole: list[Job]) -> list:
+    """Jobs small enough to finish now that an earlier slice began: they go on from where it stopped."""
+    return [(job, job.cost + 1) for job in whole if job.claim.cursor]
+
+
+def _past_deadline(runtime: WorkerRuntime, job: Job, now: float) -> bool:
+    timeout = runtime.settings.job_timeouts.get(job.model, 0)
+    return bool(timeout) and now - float(job.claim.enqueued_ts or now) > timeout
+
+
+def _deadline_error(runtime: WorkerRuntime, job: Job) -> str:
+    timeout = runtime.settings.job_timeouts[job.model]
+    return (f"job_timeout: not finished within JOB_TIMEOUT={timeout:g}s of its acceptance "
+            f"({len(job.texts)} texts; the queue was too long or the job too large for the workers)")
+
+
+def _advance(runtime: WorkerRuntime, live: list[Job], sliced: list, postponed: list[Job]) -> list[Outcome]:
+    """Run one slice of each sliced job (finishing those it completes) and put the rest back in their queue."""
+    stored: list[Outcome] = []
+    settings = runtime.settings
+    for job, budget in sliced:
+        served = runtime.models[job.model]
+        runtime.deliveries.record([job.job_id])
+        try:
+            part = score_slice(served.classifier, job.texts, job.claim.text_tokens, job.claim.cursor,
+                               job.claim.partial, budget, settings.batch_max_texts,
+                               settings.batch_max_tokens or served.classifier.token_budget,
+                               on_pass=_observe_pass(job.model))
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            log.exception("job %s failed", job.job_id)
+            stored += _store(runtime, live, [(job.job_id, None, short_error(exc))])
+            continue
+        if part.done:
+            results = [moderation_result(row, served.spec) for row in part.scores]
+            stored += _store(runtime, live, [(job.job_id, results, None)])
+        else:
+            _put_back(runtime, job, part.cursor, part.scores, progressed=True)
+    for job in postponed:
+        _put_back(runtime, job, job.claim.cursor, job.claim.partial or [], progressed=False)
+    return stored
+
+
+def _put_back(runtime: WorkerRuntime, job: Job, cursor: str, scores: list, progressed: bool) -> None:
+    """The job goes to the back of its queue: its record first (queued, where it stopped), then its message."""
+    if runtime.store.requeue(job.job_id, queue_for_model(job.model), worker_name(), cursor, scores, progressed):
+        publish_job(celery_app, job.job_id, job.model, time.time())
+    else:
+        log.warning("job %s is no longer this worker's; not putting it back", job.job_id)
 
 
 def _store(runtime: WorkerRuntime, live: list[Job], outcomes: list[Outcome]) -> list[Outcome]:
@@ -258,11 +341,17 @@ def _run_jobs(runtime: WorkerRuntime, jobs: list[Job]) -> list[Outcome]:
 
 def _count_outcomes(live: list[Job], outcomes: list[Outcome]) -> None:
     model_of = {job.job_id: job for job in live}
+    now = time.time()
     for job_id, results, error in outcomes:
         job = model_of.get(job_id)
         if job is None:
             continue
         _count_job(job.model, FAILED if error else SUCCEEDED, len(results) if results is not None else 0)
+        if job.claim is not None:
+            slices = job.claim.slices + 1
+            metrics.JOB_SLICES.labels(job.model).observe(slices)
+            metrics.JOB_LATENCY.labels(job.model, "light" if slices == 1 else "bulk").observe(
+                max(0.0, now - float(job.claim.enqueued_ts or now)))
 
 
 def _count_job(model: str, status: str, texts_scored: int) -> None:

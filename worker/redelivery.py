@@ -6,7 +6,7 @@ never recorded (celery/kombu#305). Every job is therefore also listed in its que
 (shared/jobs.py) until it finishes. A job is lost when it is unfinished, was published before the
 oldest message still in its queue (queues are FIFO, so its message has left the queue), is not in
 kombu's unacknowledged hash, and is older than a grace period (a message can be in flight between
-the pop and the unacked write). Such a job is published again with its stored texts. A duplicate
+the pop and the unacked write). Such a job is published again (its texts are in its record). A duplicate
 is harmless: finishing is idempotent and the worker skips finished jobs.
 One sweep per SWEEP_INTERVAL across all workers (a lock in the broker's Redis).
 
@@ -78,7 +78,7 @@ def republish_lost_jobs(broker: redis.Redis, store: JobStore, celery: Celery, mo
                 store.forget_pending(queue, job_id)
                 continue
             now = time.time()
-            publish_job(celery, job_id, model, record.texts or [], now)
+            publish_job(celery, job_id, model, now)
             store.mark_republished(queue, job_id, now)
             republished.append(job_id)
     if republished:

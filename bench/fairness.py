@@ -49,7 +49,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-from bench.stack import service_env
+from bench.stack import CpuMeter, service_env
 from scripts.launch import RedisServer, start_api, start_worker
 from shared.config import BUNDLED_MODEL_PATH, PROJECT_ROOT, load_settings
 from shared.jobs import KEY_PREFIX, PENDING_PREFIX
@@ -565,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         # 3. Light jobs while the bulk client keeps its requests in flight.
         log(f"loaded: {args.bulk_clients} bulk requests in flight ({bulk_shape.name}), "
             f"light jobs for {args.seconds:g} s")
+        cpu = CpuMeter({"API": api.process.pid, "worker": worker.process.pid, "Redis": redis_server.process.pid})
+        cpu.__enter__()
         phase_start = time.monotonic()
         bulk = BulkClient(api.url, bulk_shape, args.bulk_clients, args.refused_retry, phase_start,
                           args.bulk_stagger).start()
@@ -582,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
         bulk.abort.set()
         ended = time.monotonic() - phase_start
+        cpu.__exit__(None, None, None)
         end_wall = time.time()
         still_running = len(bulk.in_flight())
         bulk.resolve_unfinished()
@@ -634,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- light client: one short distinct sentence per job, {args.rate:g}/s, POST /generate wait={args.wait:g} then "
         f"GET ?wait= for the rest of the {args.wait:g} s; latencies as the client saw them (≥: did not finish "
         f"within its wait, counted as the wait)",
+        f"- CPU seconds in the loaded phase ({ended:.0f} s, {os.cpu_count()} cores): "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.spent.items()),
         f"- Redis at the end: used_memory {memory['used_memory'] / 2**20:.1f} MiB, peak "
         f"{memory['used_memory_peak'] / 2**20:.1f} MiB", "",
         "### Light jobs", "", *light_lines, "", *[f"- {n}" for n in notes], *([""] if notes else []),

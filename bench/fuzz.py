@@ -26,6 +26,9 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,r
 # Settings that keep every generated job cheap and every wait short, so /v1/moderations never times out.
 FUZZ_ENV = {"MAX_WAIT_SECONDS": "2", "MODERATIONS_TIMEOUT": "30", "MAX_BATCH_ITEMS": "16",
             "MAX_TEXT_CHARS": "500", "BATCH_MAX_WAIT_MS": "5"}
+# positive_data_acceptance's defaults plus 422: a schema-valid request the API refuses for its state, not its
+# shape, as 409 is (an Idempotency-Key reused with another body; generated keys repeat across cases).
+POSITIVE_STATUSES = ("2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx")
 _STATUS_SAMPLE = re.compile(r'^moderation_http_requests_total\{([^}]*)\}\s+([0-9.e+]+)$')
 
 
@@ -45,9 +48,11 @@ class FuzzReport:
 
 
 def schemathesis_command(api_url: str, report_json: Path, max_examples: int, seed: int | None = None,
-                         api_key: str | None = None, max_time: int | None = None) -> list[str]:
+                         api_key: str | None = None, max_time: int | None = None,
+                         config_file: Path | None = None) -> list[str]:
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
-    command = [cli, "run", f"{api_url}/openapi.json", "--checks", CHECKS, "--max-examples", str(max_examples),
+    command = [cli, *(("--config-file", str(config_file)) if config_file else ()),
+               "run", f"{api_url}/openapi.json", "--checks", CHECKS, "--max-examples", str(max_examples),
                "--report", "json", "--report-json-path", str(report_json), "--no-color",
                "--request-timeout", "40", "--workers", "2", "--generation-database", ":memory:"]
     if seed is not None:
@@ -74,9 +79,12 @@ def status_counts(api_url: str) -> dict[int, float]:
 def run_fuzz(api_url: str, workdir: Path, max_examples: int, seed: int | None = None, api_key: str | None = None,
              max_time: int | None = None, timeout: float | None = None) -> tuple[FuzzReport, str]:
     """Run schemathesis in `workdir` (its hypothesis database lands there); returns the report and output."""
-    report_json = workdir / "schemathesis.json"
-    result = subprocess.run(schemathesis_command(api_url, report_json, max_examples, seed, api_key, max_time),
-                            cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    report_json, config_file = workdir / "schemathesis.json", workdir / "schemathesis.toml"
+    config_file.write_text("[checks.positive_data_acceptance]\nexpected-statuses = "
+                           f"{json.dumps(list(POSITIVE_STATUSES))}\n")
+    result = subprocess.run(schemathesis_command(api_url, report_json, max_examples, seed, api_key, max_time,
+                                                 config_file), cwd=workdir, capture_output=True, text=True,
+                            timeout=timeout)
     output = result.stdout + result.stderr
     if not report_json.exists():
         raise RuntimeError(f"schemathesis wrote no report (exit {result.returncode}):\n{output[-4000:]}")

@@ -258,6 +258,17 @@ class JobRecord:
         )
 
 
+def _texts_json(texts: list[str]) -> str:
+    """Stored as UTF-8, not \\u escapes, so a job costs Redis about its text bytes (README "Limits"); a text
+    that is not valid Unicode (a lone surrogate; the API refuses those) keeps its escapes."""
+    encoded = json.dumps(texts, ensure_ascii=False)
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(texts)
+    return encoded
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int):
         self.redis = client
@@ -273,8 +284,7 @@ class JobStore:
         return {
             "model": record.model,
             "queue": record.queue,
-            # Stored as UTF-8, not \u escapes: a job costs Redis about its text bytes (README "Limits").
-            "texts": json.dumps(record.texts or [], ensure_ascii=False),
+            "texts": _texts_json(record.texts or []),
             **({"text_tokens": json.dumps(record.text_tokens)} if record.text_tokens is not None else {}),
             "status": record.status,
             "owner": record.owner,

@@ -323,8 +323,9 @@ def _count_lost_replies(runtime: WorkerRuntime, skipped: list[tuple[Job, object]
     jobs = [(job, claim) for job, claim in skipped if job.job_id in lost]
     ours = worker_name()
     for (job, claim), finisher in zip(jobs, runtime.store.finishers([job.job_id for job, _ in jobs])):
-        if finisher == ours:
-            _count_job(job.model, claim.status, len(job.texts) if claim.status == SUCCEEDED else 0)
+        if finisher == ours:  # (rare: a store outage) its texts are read back from the stored results
+            record = runtime.store.get(job.job_id) if claim.status == SUCCEEDED else None
+            _count_job(job.model, claim.status, len(record.results or []) if record else 0)
 
 
 def _run_jobs(runtime: WorkerRuntime, jobs: list[Job]) -> list[Outcome]:

@@ -24,7 +24,10 @@ as bench/stack.py sets it, so every text costs inference), then measures:
    --bulk-grace more seconds, and then the stack is stopped whatever is left running.
 
 Light jobs that did not finish within their wait are looked up once more at the end: their finished_at
-gives the completion latency the client would have seen had it kept waiting.
+gives the completion latency the client would have seen had it kept waiting. The two clients connect from
+different loopback addresses (127.0.0.2 light, 127.0.0.3 bulk), so per-caller limits (long-poll places,
+tokens per minute) treat them as the two callers they stand for; a wait the API refuses (X-Long-Poll:
+refused, answered at once) is polled again 0.25 s (light) or 1 s (bulk) later and counted.
 Prints a Markdown report and appends it to bench/results/fairness.md (--results; --no-results to skip).
 MAX_REQUEST_TOKENS, MAX_TEXT_TOKENS, MAX_BATCH_ITEMS, MAX_TEXT_CHARS, MAX_CONTENT_LENGTH and
 ENGINE_CACHE_DIR, when set in this environment, are passed to the service (base_env drops them otherwise).
@@ -56,7 +59,11 @@ from shared.jobs import KEY_PREFIX, PENDING_PREFIX
 
 RESULTS_FILE = PROJECT_ROOT / "bench" / "results" / "fairness.md"
 PASSED_THROUGH = ("MAX_REQUEST_TOKENS", "MAX_TEXT_TOKENS", "MAX_BATCH_ITEMS", "MAX_TEXT_CHARS", "MAX_CONTENT_LENGTH",
+                  "MAX_LONG_POLLS", "MAX_LONG_POLLS_PER_KEY", "SLICE_TOKENS", "JOB_TIMEOUT", "TOKEN_RATE_LIMITER",
                   "ENGINE_CACHE_DIR")
+# The two clients are told apart as two callers would be (API keys are off: by client IP), so per-caller
+# limits (long-poll places, tokens per minute) count each on its own, never one against the other.
+LIGHT_SOURCE, BULK_SOURCE = "127.0.0.2", "127.0.0.3"
 # ASCII punctuation but the two characters JSON escapes: each is one byte and, for BERT's basic tokenizer,
 # its own token (checked below with the model's tokenizer), so a text of n of them is n content tokens.
 ONE_TOKEN_CHARS = "".join(c for c in string.punctuation if c not in '"\\')
@@ -73,11 +80,14 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- HTTP
 
 
-def call(base_url: str, method: str, path: str, body: bytes | None = None, timeout: float = 90) -> tuple[int, dict]:
-    """One request on a fresh connection: (status, JSON body). A server that answers (413) and closes
-    before it read the whole body still gives its status where the socket kept the response."""
+def call(base_url: str, method: str, path: str, body: bytes | None = None, timeout: float = 90,
+         source: str | None = None) -> tuple[int, dict, bool]:
+    """One request on a fresh connection from address `source`: (status, JSON body, whether a long poll
+    was refused: X-Long-Poll: refused, answered at once). A server that answers (413) and closes before
+    it read the whole body still gives its status where the socket kept the response."""
     parsed = urlparse(base_url)
-    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
@@ -90,7 +100,8 @@ def call(base_url: str, method: str, path: str, body: bytes | None = None, timeo
             payload = json.loads(data or b"{}")
         except ValueError:
             payload = {"raw": data[:200].decode(errors="replace")}
-        return response.status, payload if isinstance(payload, dict) else {"raw": payload}
+        refused = (response.getheader("X-Long-Poll") or "").lower() == "refused"
+        return response.status, payload if isinstance(payload, dict) else {"raw": payload}, refused
     finally:
         conn.close()
 
@@ -223,8 +234,7 @@ def measure_bytes(api_url: str, client, name: str, what: str, make_texts, count:
     before, dataset_before = _snapshot(client), client.info("memory")["used_memory_dataset"]
     statuses = []
     for texts in bodies:
-        status, _ = call(api_url, "POST", "/generate", bulk_body(texts))
-        statuses.append(status)
+        statuses.append(call(api_url, "POST", "/generate", bulk_body(texts))[0])
     time.sleep(0.3)
     after, dataset_after = _snapshot(client), client.info("memory")["used_memory_dataset"]
     row = BytesRow(name, what, statuses, text_bytes=sum(len(t.encode()) for t in bodies[0]))
@@ -257,6 +267,7 @@ class Light:
     job_id: str = ""
     later: float | None = None  # completion latency from finished_at, for jobs past their wait
     end_status: str = ""  # for jobs past their wait: their status when the run ended
+    refused_polls: int = 0  # waits the API refused (a long-poll cap): answered at once, polled again
     error: str = ""
 
 
@@ -264,14 +275,18 @@ def light_job(api_url: str, text: str, wait: float, out: Light) -> None:
     started = time.monotonic()
     deadline = started + wait
     try:
-        status, body = call(api_url, "POST", "/generate", json.dumps({"input_text": text, "wait": wait}).encode(),
-                            timeout=wait + 30)
+        submission = json.dumps({"input_text": text, "wait": wait}).encode()
+        status, body, refused = call(api_url, "POST", "/generate", submission, timeout=wait + 30, source=LIGHT_SOURCE)
         out.job_id = body.get("job_id", "")
         while status in (200, 202) and body.get("status") in ("queued", "running") and out.job_id:
+            out.refused_polls += refused
+            if refused:  # answered at once: poll again a little later, not in a tight loop
+                time.sleep(max(0.0, min(0.25, deadline - time.monotonic())))
             remaining = deadline - time.monotonic()
             if remaining < 0.05:
                 break
-            status, body = call(api_url, "GET", f"/jobs/{out.job_id}?wait={remaining:.2f}", timeout=wait + 30)
+            status, body, refused = call(api_url, "GET", f"/jobs/{out.job_id}?wait={remaining:.2f}",
+                                         timeout=wait + 30, source=LIGHT_SOURCE)
         out.status = body.get("status") or f"HTTP {status}"
         out.finished = status == 200 and out.status == "succeeded"
     except (OSError, http.client.HTTPException) as exc:
@@ -306,7 +321,7 @@ def resolve_late(api_url: str, lights: list[Light]) -> None:
         if light.finished or not light.job_id:
             continue
         try:
-            status, body = call(api_url, "GET", f"/jobs/{light.job_id}", timeout=10)
+            status, body, _ = call(api_url, "GET", f"/jobs/{light.job_id}", timeout=10, source=LIGHT_SOURCE)
         except (OSError, http.client.HTTPException):
             continue
         light.end_status = body.get("status") or f"HTTP {status}"
@@ -335,7 +350,7 @@ def light_row(label: str, lights: list[Light], wait: float, end_wall: float) -> 
     errors = sum(1 for light in lights if light.error)
     row = (f"| {label} | {len(lights)} | {fmt(percentile(seen, 50))} | {fmt(percentile(seen, 90))} | "
            f"{fmt(percentile(seen, 99))} | {fmt(max(seen) if seen else (0.0, False))} | "
-           f"{len(late)}{f' ({errors} errors)' if errors else ''} |")
+           f"{len(late)}{f' ({errors} errors)' if errors else ''} | {sum(light.refused_polls for light in lights)} |")
     if not late:
         return row, None
     full = [(light.latency, False) if light.finished else (light.later, False) if light.later is not None
@@ -366,6 +381,7 @@ class Bulk:
     worker_time: float | None = None  # the record's started_at to finished_at
     submitted_wall: float = field(default_factory=time.time)
     started_after: float | None = None  # the record's started_at - the POST's time
+    refused_polls: int = 0
     error: str = ""
 
 
@@ -399,7 +415,7 @@ class BulkClient:
             self.records.append(record)
             started = time.monotonic()
             try:
-                record.status, reply = call(self.api_url, "POST", "/generate", body, timeout=120)
+                record.status, reply, _ = call(self.api_url, "POST", "/generate", body, timeout=120, source=BULK_SOURCE)
             except (OSError, http.client.HTTPException) as exc:
                 record.error = type(exc).__name__
                 reply = {}
@@ -413,7 +429,8 @@ class BulkClient:
             record.job_id = reply.get("job_id", "")
             while not self.abort.is_set():
                 try:
-                    status, job = call(self.api_url, "GET", f"/jobs/{record.job_id}?wait=30", timeout=60)
+                    status, job, refused = call(self.api_url, "GET", f"/jobs/{record.job_id}?wait=30", timeout=60,
+                                                source=BULK_SOURCE)
                 except (OSError, http.client.HTTPException) as exc:
                     if not self.abort.is_set():
                         record.error = type(exc).__name__
@@ -429,13 +446,16 @@ class BulkClient:
                 if status != 200:
                     record.final = f"GET {status}"
                     return
+                if refused:
+                    record.refused_polls += 1
+                    self.abort.wait(1.0)
 
 
     def resolve_unfinished(self) -> None:
         """Where each accepted job still running stood when the run ended (status, when it started)."""
         for record in self.in_flight():
             try:
-                status, job = call(self.api_url, "GET", f"/jobs/{record.job_id}", timeout=20)
+                status, job, _ = call(self.api_url, "GET", f"/jobs/{record.job_id}", timeout=20, source=BULK_SOURCE)
             except (OSError, http.client.HTTPException):
                 continue
             record.final = f"{job.get('status') or f'HTTP {status}'} at the end"
@@ -454,6 +474,8 @@ def bulk_table(client: BulkClient, ended: float) -> str:
             outcome, took = r.final, f"{r.took:.1f} s"
         else:
             outcome, took = r.error or r.final or "unfinished at the end", f"> {ended - r.submitted:.0f} s"
+        if r.refused_polls:
+            outcome += f" ({r.refused_polls} waits refused)"
         worker = f"{r.worker_time:.1f} s" if r.worker_time is not None else ""
         started = f"{r.started_after:.1f} s" if r.started_after is not None else ""
         lines.append(f"| {r.slot} | {r.submitted:.1f} s | {r.status or '-'} | {r.answered * 1000:.0f} ms | {outcome} "
@@ -522,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"MAX_CONTENT_LENGTH={settings.max_content_length:,}, CACHE_TTL=0, ENGINE={env.get('ENGINE')}, "
                      f"GUNICORN_WORKERS={args.gunicorn_workers}, WORKER_CONCURRENCY="
                      f"{env.get('WORKER_CONCURRENCY', '0 (auto)')}")
+    for attr in ("slice_tokens", "job_timeouts", "max_long_polls", "max_long_polls_per_key", "token_rate_limiter"):
+        if hasattr(settings, attr):  # settings the fix adds; absent before it
+            settings_note += f", {attr.upper()}={getattr(settings, attr) or 'off'}"
     log(f"HEAD {head}; {settings_note}; logs in {workdir}")
     api = worker = None
     client = redis_server.client()
@@ -534,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         if limit:  # shrink until the API accepts it (the limit may be exclusive); the probes stay queued
             for shrink in (1.0, 0.99, 0.98, 0.95, 0.9):
                 largest = largest_shape(settings, shrink)
-                status, _ = call(api.url, "POST", "/generate", bulk_body(largest.texts(random.Random(7))))
+                status = call(api.url, "POST", "/generate", bulk_body(largest.texts(random.Random(7))))[0]
                 if status == 202:
                     break
                 log(f"largest-accepted probe at {shrink:.0%}: HTTP {status}")
@@ -598,8 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_server.stop()
 
     # Report.
-    light_lines = ["| light jobs | n | p50 | p90 | p99 | max | not finished within wait |",
-                   "|---|---:|---:|---:|---:|---:|---:|"]
+    light_lines = ["| light jobs | n | p50 | p90 | p99 | max | not finished within wait | waits refused |",
+                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for label, lights in ((f"alone ({args.baseline_seconds:g} s)", idle),
                           (f"with bulk load ({args.seconds:g} s, from {light_start:.1f} s)", loaded)):
@@ -634,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         f"resubmitted when finished, for the "
         f"{args.seconds:g} s window; then up to {args.bulk_grace:g} s for accepted jobs after the light jobs "
         f"finished; the stack was stopped at {ended:.0f} s with {still_running} still running",
+        f"- clients: light from {LIGHT_SOURCE}, bulk from {BULK_SOURCE} (two callers by IP; API keys off)",
         f"- light client: one short distinct sentence per job, {args.rate:g}/s, POST /generate wait={args.wait:g} then "
         f"GET ?wait= for the rest of the {args.wait:g} s; latencies as the client saw them (≥: did not finish "
         f"within its wait, counted as the wait)",

@@ -38,6 +38,7 @@ from scripts.chart import (
 from shared.config import load_settings
 from shared.queues import broker_lists, queue_for_model
 from tests.test_deploy_files import config_variables
+from worker.slices import batch_token_bound
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion).
 OLDEST_KUBERNETES = "1.27.0"
@@ -214,8 +215,8 @@ def test_grace_period_covers_the_longest_batch_plus_drain(environment, docs):
         settings = load_settings({**config, **env_of(container)})
         annotations = pod["metadata"]["annotations"]
         cpus = int(container["resources"]["limits"]["cpu"])
-        longest_batch = (settings.batch_max_texts * settings.max_batch_items
-                         * float(annotations["moderation/seconds-per-text-per-core"]) / cpus)
+        longest_batch = (batch_token_bound(settings.slice_tokens)
+                         * float(annotations["moderation/seconds-per-token-per-core"]) / cpus)
         needed = longest_batch + settings.batch_max_wait_ms / 1000 + float(annotations["moderation/drain-seconds"])
         grace = pod["spec"]["terminationGracePeriodSeconds"]
         print(f"{deployment['metadata']['name']}: grace {grace} s >= batch {longest_batch:.1f} s + wait + drain")

@@ -238,7 +238,11 @@ def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcom
     # Small jobs first, stored before any slice runs: their clients are not kept waiting behind one.
     stored = _store(runtime, live, outcomes + _run_jobs(runtime, [job for job in turn.whole if not job.claim.cursor]))
     stored += _advance(runtime, live, _resumed(turn.whole) + turn.sliced, turn.postponed)
-    for job, deaths in retried:  # one at a time, each stored before the next runs
+    # One job a worker died with per batch, alone and after the others are stored: if it is what kills the
+    # process, it takes no innocent job down with it. The others go back to the queue for later batches.
+    for job, _ in retried[1:]:
+        _put_back(runtime, job, job.claim.cursor, job.claim.partial or [], progressed=False)
+    for job, deaths in retried[:1]:
         if deaths >= settings.max_deliveries:
             log.error("job %s: %d workers died running it; failing it", job.job_id, deaths)
             stored += _store(runtime, live, [(job.job_id, None, poison_error(deaths))])

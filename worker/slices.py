@@ -27,6 +27,13 @@ READS_PER_LONG_TOKEN = 3
 SPECIAL_TOKENS = 2
 
 
+def batch_token_bound(slice_tokens: int) -> float:
+    """The most tokens one batch reads (plan_turn): small jobs up to the budget, then at most one slice
+    of a quarter of it, and at most one job that ran before a worker died. The chart derives the workers'
+    termination grace period from it (deploy/helm/moderation/templates/_helpers.tpl)."""
+    return 1.25 * slice_tokens
+
+
 def read_cost(tokens: int, window: int) -> int:
     """Tokens the model reads for a text of `tokens` content tokens, read `window` at a time."""
     return tokens + SPECIAL_TOKENS if tokens <= window else READS_PER_LONG_TOKEN * tokens

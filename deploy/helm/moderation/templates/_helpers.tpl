@@ -58,9 +58,10 @@ app.kubernetes.io/component: {{ .component }}
      Call with (dict "root" $ "worker" $w) where $w is a merged worker. */}}
 {{- define "moderation.workerGrace" -}}
 {{- $config := .root.Values.config -}}
-{{- $texts := mulf (float64 (default "32" $config.BATCH_MAX_TEXTS)) (float64 (default "256" $config.MAX_BATCH_ITEMS)) -}}
+{{- /* worker/slices.py: a batch reads at most 1.25 x SLICE_TOKENS tokens (batch_token_bound) */ -}}
+{{- $tokens := mulf (float64 (default "2048" $config.SLICE_TOKENS)) 1.25 -}}
 {{- $cpus := float64 (include "moderation.cpus" .worker.resources.limits.cpu) -}}
-{{- $batch := divf (mulf $texts .worker.batchTiming.secondsPerTextPerCore) $cpus -}}
+{{- $batch := divf (mulf $tokens .worker.batchTiming.secondsPerTokenPerCore) $cpus -}}
 {{- $wait := divf (float64 (default "5" $config.BATCH_MAX_WAIT_MS)) 1000.0 -}}
 {{- ceil (addf $batch $wait .worker.batchTiming.drainSeconds) | int -}}
 {{- end -}}

@@ -100,6 +100,9 @@ class BulkModerator:
         except ClientError as exc:
             if exc.code in FATAL_CODES:
                 raise FatalError(exc.message) from exc
+            if exc.code == "request_too_large" and len(rows) > 1:  # past MAX_REQUEST_TOKENS: halve the job
+                half = len(rows) // 2
+                return self._moderate(rows[:half]) + self._moderate(rows[half:])
             if len(rows) > 1:
                 return self._one_by_one(rows)
             return [(rows[0], None, (exc.code, exc.message))]

@@ -5,9 +5,11 @@ a full queue with no worker (503)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from client import (
     AuthenticationError,
@@ -27,11 +30,14 @@ from client import (
     ServerLimits,
     ServiceUnavailableError,
 )
+from client.bulk import moderate_rows
 from client.cli import queue_from_metrics
+from client.rows import Row
 from shared.queues import broker_lists, queue_for_model
 from tests.support import ROOT, base_env, start_api, start_worker, wait_until
 
 MAX_ITEMS, MAX_CHARS = 8, 200
+BUDGET_TOKENS = 20
 API_KEY = "client-test-key"
 TEXTS = ["i love my new puppy", "we should kill all martians", "you are an idiot", "the weather is nice today",
          "great food from mexico", "i disagree with your tax policy", "martians are animals", "hate them all",
@@ -53,8 +59,11 @@ def stack(redis_server, tiny_multilabel_model, tmp_path_factory):
     # Its own Redis database, where no worker listens: the queue fills at MAX_QUEUE_DEPTH.
     full_url = redis_server.url.rsplit("/", 1)[0] + "/3"
     full = start_api({**env, "REDIS_URL": full_url, "MAX_QUEUE_DEPTH": "1"}, logs / "api-full.log", workers=1)
-    yield {"api": api.url, "limited": limited.url, "full": full.url, "full_redis": full_url, "env": env}
-    for proc in (full, limited, worker, api):
+    # Same Redis and worker, a request budget of a few short texts (MAX_REQUEST_TOKENS).
+    budget = start_api({**env, "MAX_REQUEST_TOKENS": str(BUDGET_TOKENS)}, logs / "api-budget.log", workers=1)
+    yield {"api": api.url, "limited": limited.url, "full": full.url, "full_redis": full_url, "env": env,
+           "budget": budget.url}
+    for proc in (budget, full, limited, worker, api):
         proc.stop()
 
 
@@ -206,6 +215,21 @@ def test_moderate_csv_keeps_every_row_in_order_with_bad_rows_reported(stack, cli
     for label in ("hate", "harassment", "violence"):
         count = sum(1 for r in records if r["categories"] and r["categories"][label])
         assert f"    {label:<13}{count}" in run.stderr
+
+
+def test_a_job_past_max_request_tokens_is_split_until_it_fits(stack, client):
+    """A 413 request_too_large is the job's size, not its rows' fault: the bulk runner halves the job."""
+    rows = [Row(i, i + 1, f"r{i}", text) for i, text in enumerate(TEXTS)]  # 4-6 tokens each, ~55 in all
+    out = io.StringIO()
+    with ModerationClient(stack["budget"], timeout=20) as budget_client:
+        moderate_rows(budget_client, rows, out, batch_size=MAX_ITEMS, concurrency=2)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["id"] for r in records] == [row.id for row in rows]
+    assert all(r["error"] is None for r in records), [r["error"] for r in records if r["error"]]
+    for text, record in zip(TEXTS, records):
+        assert same_result(record, client.moderate(text)[0].to_json()), text
+    metrics = requests.get(stack["budget"] + "/metrics", timeout=5).text
+    assert re.search(r'moderation_requests_rejected_total\{reason="too_large"\} [1-9]', metrics), "no job was split"
 
 
 def test_moderate_jsonl_with_field_and_broken_lines(stack, tmp_path):

@@ -10,15 +10,20 @@ Records expire RESULT_TTL seconds after creation (refreshed when they finish).
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 import redis
 
+from shared import job_scripts as scripts
+from shared.job_scripts import CLAIM_FIELDS
 from shared.webhooks import OUTBOX_KEY
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
@@ -29,121 +34,15 @@ KEY_PREFIX = "moderation:job:"
 #   {"flagged": bool, "categories": {label: bool}, "category_scores": {label: float}}
 ModerationResult = dict
 
-# Finishing is one atomic step: it never resurrects an expired record, and a duplicate delivery
-# (a redelivered message whose job already finished) cannot overwrite a finished result.
-_FINISH_SCRIPT = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'succeeded' or status == 'failed' or status == 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results', ARGV[3], 'error', ARGV[4],
-           'finished_by', ARGV[9])
-redis.call('HDEL', KEYS[1], 'texts', 'text_tokens', 'cursor', 'partial')
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('ZREM', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[7])
--- The webhook outbox entry is written with the result, so a crash before the call is enqueued loses nothing.
-if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7]) end
--- The finished record itself is the message, so a waiting request needs no read to answer.
-local flat, record = redis.call('HGETALL', KEYS[1]), {}
-for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-redis.call('PUBLISH', KEYS[2], cjson.encode(record))
-return 1
-"""
-# Cancel only a job still queued (checked and changed atomically); answers 1, or the status it found.
-_CANCEL_SCRIPT = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'queued' then return status end
-redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'texts', 'text_tokens', 'cursor', 'partial')
-redis.call('ZREM', ARGV[2] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[3])
-redis.call('PUBLISH', KEYS[2], 'canceled')
-return 1
-"""
-# Accepting a job is one call: add up the queue's broker lists (KEYS[4:]) and, below ARGV[1] messages,
-# write the record (KEYS[1], fields ARGV[6:]) with its TTL and pending entry (KEYS[2]), then push its
-# broker message ARGV[5] onto list KEYS[3] if one is given (not ''). Returns the depth.
-_CREATE_SCRIPT = """
-local depth = 0
-for i = 4, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
-if depth >= tonumber(ARGV[1]) then return depth end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[5]) end
-return depth
-"""
-# Claiming a batch is one call. KEYS come in pairs: a job's record and its delivery hash
-# (DELIVERIES_PREFIX: `owner` holds the lease, `attempt` the worker that handed it to the model and has not
-# been counted dead yet, `deaths`). ARGV: started_at, this worker, LEASE_PREFIX, lease seconds, TTL.
-# A job is run ("run") when it is queued, or running under this worker's own lease (a batch held over a
-# store outage), or running under an expired lease (its worker died: if that worker had handed it to the
-# model, one death is counted, once). A job running under another worker's live lease is "held": it is
-# not run again concurrently. Finished, canceled or unknown jobs are "skip". Every reply is
-# (status, enqueued_ts, verdict, deaths, then for a job to run: texts, owner, text_tokens, cursor, partial,
-# requeued_ts, slices: the record is the one copy of the texts, the message carries only the job id);
-# missing values answer "" ("nil" would cut Lua's array short).
-# The claim also renews this worker's lease, so a worker holds its jobs from its first claim on.
-_CLAIM_SCRIPT = """
-redis.call('SET', ARGV[3] .. ARGV[2], '1', 'EX', ARGV[4])
-local out = {}
-for i = 1, #KEYS, 2 do
-  local job, deliveries = KEYS[i], KEYS[i + 1]
-  local row = redis.call('HMGET', job, 'status', 'enqueued_ts')
-  local status = row[1] or ''
-  local lease = redis.call('HMGET', deliveries, 'owner', 'attempt')
-  local owner, attempt = lease[1] or '', lease[2] or ''
-  local verdict = 'skip'
-  if status == 'queued' then
-    verdict = 'run'
-  elseif status == 'running' then
-    if owner == ARGV[2] or owner == '' or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
-      verdict = 'run'
-      if attempt ~= '' and attempt ~= ARGV[2] and redis.call('EXISTS', ARGV[3] .. attempt) == 0 then
-        redis.call('HINCRBY', deliveries, 'deaths', 1)
-        redis.call('HSET', deliveries, 'attempt', '')
-      end
-    else
-      verdict = 'held'
-    end
-  end
-  if verdict == 'run' then
-    redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[1])
-    redis.call('HSET', deliveries, 'owner', ARGV[2])
-    redis.call('EXPIRE', deliveries, ARGV[5])
-  end
-  local n = #out
-  out[n + 1] = status
-  out[n + 2] = row[2] or ''
-  out[n + 3] = verdict
-  out[n + 4] = redis.call('HGET', deliveries, 'deaths') or '0'
-  local work = {}
-  if verdict == 'run' then
-    work = redis.call('HMGET', job, 'texts', 'owner', 'text_tokens', 'cursor', 'partial', 'requeued_ts', 'slices')
-  end
-  for j = 1, 7 do out[n + 4 + j] = work[j] or '' end
-end
-return out
-"""
-CLAIM_FIELDS = 11
-# A job scored in part goes back to its queue (worker/slices.py): only while it is running under this
-# worker (ARGV[1]); keeps where scoring stopped (cursor, partial scores), frees the lease without a death
-# (nothing crashed), and marks it published now in the pending index (KEYS[3]) so the redelivery sweep
-# treats the message about to be sent as the job's latest. Returns 1, or 0 if the job is not ours.
-_REQUEUE_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'cursor', ARGV[2], 'partial', ARGV[3], 'requeued_ts', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'slices', ARGV[6])
-redis.call('HSET', KEYS[2], 'owner', '', 'attempt', '')
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
-return 1
-"""
 # Verdicts of the claim script.
 RUN, HELD, SKIP = "run", "held", "skip"
-# Per job: who holds it and how many workers died with it (worker/deliveries.py reads and writes it too).
+# Per job: who holds it (owner, token, lease_until: shared/job_scripts.py) and how many workers died with it
+# (worker/deliveries.py reads and writes it too).
 DELIVERIES_PREFIX = "moderation:deliveries:"
-# A worker's lease: a key that lives LEASE_SECONDS past its last renewal (each claim and each heartbeat).
-LEASE_PREFIX = "moderation:lease:"
+# A job's lease lasts this long past its claim or last renewal (worker/leases.py renews it every third).
 LEASE_SECONDS = 10
+# A worker's write probe: the store gate resumes only once a write goes through (worker/tasks.py).
+PROBE_PREFIX = "moderation:store-probe:"
 
 
 class Claim(NamedTuple):
@@ -159,14 +58,15 @@ class Claim(NamedTuple):
     partial: list | None = None  # the earlier slices' scores
     requeued_ts: float | None = None  # when it went back to the queue after a slice
     slices: int = 0  # slices already run
+    token: str = ""  # this claim's fencing token: only it finishes or puts back the job
 
     @classmethod
-    def from_reply(cls, flat: list) -> Claim:
-        texts, owner, tokens, cursor, partial, requeued, slices = flat[4:CLAIM_FIELDS]
-        return cls(flat[0] or None, flat[1] or None, flat[2], int(flat[3]),
-                   json.loads(texts) if texts else None, owner or "", json.loads(tokens) if tokens else None,
-                   cursor or "", json.loads(partial) if partial else None, float(requeued) if requeued else None,
-                   int(slices or 0))
+    def from_reply(cls, flat: list, token: str) -> Claim:
+        texts, owner, tokens, cursor, partial, requeued, slices, compressed = flat[4:CLAIM_FIELDS]
+        return cls(flat[0] or None, flat[1] or None, flat[2], int(flat[3]), texts_from(texts, compressed),
+                   owner or "", json.loads(tokens) if tokens else None, cursor or "",
+                   json.loads(partial) if partial else None, float(requeued) if requeued else None,
+                   int(slices or 0), token)
 
 
 def new_job_id() -> str:
@@ -244,7 +144,7 @@ class JobRecord:
             job_id=job_id,
             model=data.get("model", ""),
             queue=data.get("queue", ""),
-            texts=json.loads(data["texts"]) if data.get("texts") else None,
+            texts=texts_from(data.get("texts"), data.get("texts_z")),
             text_tokens=json.loads(data["text_tokens"]) if data.get("text_tokens") else None,
             status=data.get("status", QUEUED),
             owner=data.get("owner", ""),
@@ -258,33 +158,51 @@ class JobRecord:
         )
 
 
-def _texts_json(texts: list[str]) -> str:
-    """Stored as UTF-8, not \\u escapes, so a job costs Redis about its text bytes (README "Limits"); a text
-    that is not valid Unicode (a lone surrogate; the API refuses those) keeps its escapes."""
+# Texts past this many bytes of JSON are stored zlib-compressed (base64, as the store's client reads
+# strings): a job then costs Redis less than its text bytes even after the allocator rounds its value up
+# to a size class (up to 25% over for a value just past one); below it, compressing saves nothing.
+COMPRESS_ABOVE = 1024
+
+
+def texts_fields(texts: list[str]) -> dict[str, str]:
+    """The record fields holding `texts`: {"texts": JSON} or, for long ones, {"texts_z": base64(zlib(JSON))}.
+    JSON as UTF-8, not \\u escapes, unless a text is not valid Unicode (a lone surrogate; the API refuses
+    those), which keeps its escapes."""
     encoded = json.dumps(texts, ensure_ascii=False)
     try:
-        encoded.encode("utf-8")
+        raw = encoded.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(texts)
-    return encoded
+        return {"texts": json.dumps(texts)}
+    if len(raw) <= COMPRESS_ABOVE:
+        return {"texts": encoded}
+    return {"texts_z": base64.b64encode(zlib.compress(raw, 1)).decode("ascii")}
+
+
+def texts_from(plain: str | None, compressed: str | None) -> list[str] | None:
+    """The texts back from the record's `texts` or `texts_z` field (None if neither)."""
+    if compressed:
+        return json.loads(zlib.decompress(base64.b64decode(compressed)))
+    return json.loads(plain) if plain else None
 
 
 class JobStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int):
         self.redis = client
         self.ttl = ttl_seconds
-        self._finish = client.register_script(_FINISH_SCRIPT)
-        self._cancel = client.register_script(_CANCEL_SCRIPT)
-        self._claim = client.register_script(_CLAIM_SCRIPT)
-        self._create = client.register_script(_CREATE_SCRIPT)
-        self._requeue = client.register_script(_REQUEUE_SCRIPT)
+        self._finish = client.register_script(scripts.FINISH)
+        self._cancel = client.register_script(scripts.CANCEL)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._create = client.register_script(scripts.CREATE)
+        self._requeue = client.register_script(scripts.REQUEUE)
+        self._renew = client.register_script(scripts.RENEW)
+        self._release = client.register_script(scripts.RELEASE)
 
     @staticmethod
     def _fields(record: JobRecord) -> dict[str, str]:
         return {
             "model": record.model,
             "queue": record.queue,
-            "texts": _texts_json(record.texts or []),
+            **texts_fields(record.texts or []),
             **({"text_tokens": json.dumps(record.text_tokens)} if record.text_tokens is not None else {}),
             "status": record.status,
             "owner": record.owner,
@@ -304,16 +222,12 @@ class JobStore:
                                 args=[max_depth, self.ttl, repr(record.enqueued_ts), record.job_id, payload,
                                       *fields]))
 
-    def create(self, record: JobRecord, pipe: redis.client.Pipeline | None = None) -> None:
-        """Write a new record; given a pipeline, only queue the commands on it (the caller executes)."""
+    def create(self, record: JobRecord) -> None:
+        """Write a new record and its pending entry (nothing if it exists: a retried call)."""
         key = job_key(record.job_id)
-        own_pipe = pipe is None
-        pipe = self.redis.pipeline() if own_pipe else pipe
-        pipe.hset(key, mapping=self._fields(record))
-        pipe.expire(key, self.ttl)
-        pipe.zadd(pending_key(record.queue), {record.job_id: record.enqueued_ts})
-        if own_pipe:
-            pipe.execute()
+        fields = [item for pair in self._fields(record).items() for item in pair]
+        self._create(keys=[key, pending_key(record.queue), key],
+                     args=[1, self.ttl, repr(record.enqueued_ts), record.job_id, "", *fields])
 
     def delete(self, record: JobRecord) -> None:
         pipe = self.redis.pipeline()
@@ -343,39 +257,60 @@ class JobStore:
         return [tuple(row) for row in pipe.execute()]
 
     def claim(self, job_ids: list[str], owner: str = "") -> list[Claim]:
-        """Mark the jobs `owner` may run "running" under its lease and return each job's Claim (see
-        _CLAIM_SCRIPT), in one round trip for the whole batch."""
+        """Mark the jobs `owner` may run "running" under a lease of this call's token and return each job's
+        Claim (shared/job_scripts.py CLAIM), in one round trip for the whole batch."""
         if not job_ids:
             return []
+        token = secrets.token_hex(8)
         keys = [key for job_id in job_ids for key in (job_key(job_id), DELIVERIES_PREFIX + job_id)]
-        flat = self._claim(keys=keys, args=[utc_now(), owner, LEASE_PREFIX, LEASE_SECONDS, self.ttl])
-        return [Claim.from_reply(flat[i:i + CLAIM_FIELDS]) for i in range(0, len(flat), CLAIM_FIELDS)]
+        flat = self._claim(keys=keys, args=[utc_now(), owner, token, LEASE_SECONDS, self.ttl])
+        return [Claim.from_reply(flat[i:i + CLAIM_FIELDS], token) for i in range(0, len(flat), CLAIM_FIELDS)]
 
-    def requeue(self, job_id: str, queue: str, owner: str, cursor: str, partial: list, progressed: bool) -> bool:
-        """Put a job `owner` runs back to queued after a slice (_REQUEUE_SCRIPT); the caller then publishes
-        its next message. False: the job is no longer this worker's (publish nothing)."""
+    def renew(self, owner: str, leases: dict[str, str]) -> list[str]:
+        """Extend the leases {job id: token} `owner` holds by LEASE_SECONDS; returns the jobs it no longer holds."""
+        if not leases:
+            return []
+        job_ids = list(leases)
+        held = self._renew(keys=[DELIVERIES_PREFIX + job_id for job_id in job_ids],
+                           args=[owner, LEASE_SECONDS, *leases.values()])
+        return [job_id for job_id, renewed in zip(job_ids, held) if not renewed]
+
+    def release(self, owner: str, leases: dict[str, str]) -> None:
+        """Give up the leases {job id: token} at once (their batch failed and goes back to the broker)."""
+        if leases:
+            self._release(keys=[DELIVERIES_PREFIX + job_id for job_id in leases], args=[owner, *leases.values()])
+
+    def requeue(self, job_id: str, queue: str, owner: str, token: str, cursor: str, partial: list,
+                progressed: bool) -> bool:
+        """Put a job `owner` runs under `token` back to queued after a slice (shared/job_scripts.py REQUEUE);
+        the caller then publishes its next message. False: the job is no longer this claim's (publish nothing)."""
         now = time.time()
         return bool(self._requeue(keys=[job_key(job_id), DELIVERIES_PREFIX + job_id, pending_key(queue)],
-                                  args=[owner, cursor, json.dumps(partial), repr(now), job_id, int(progressed)]))
-
-    def renew_lease(self, owner: str) -> None:
-        """Keep this worker's claimed jobs its own for another LEASE_SECONDS (the heartbeat calls it)."""
-        self.redis.set(LEASE_PREFIX + owner, "1", ex=LEASE_SECONDS)
+                                  args=[owner, cursor, json.dumps(partial), repr(now), job_id, int(progressed),
+                                        token]))
 
     def finish_many(self, outcomes: list[tuple[str, list[ModerationResult] | None, str | None]],
-                    finisher: str = "") -> list[bool]:
+                    finisher: str = "", tokens: dict[str, str] | None = None) -> list[bool]:
         """Store (job_id, results, error) outcomes in one round trip; error set means failed; `finisher`
-        (the worker) is kept as the record's finished_by. Returns, per outcome, whether this call finished
-        the job (False: it was already finished, or expired)."""
+        (the worker) is kept as the record's finished_by. `tokens`: each job's claim token; a job with one
+        is finished only while that claim holds it (fencing), a job without (a malformed message, the
+        parking reconciler) whatever holds it. Returns, per outcome, whether this claim finished the job
+        (True also when a retried call finds its own first run did; False: already finished by another,
+        taken over, or expired)."""
         now = utc_now()
+        tokens = tokens or {}
         pipe = self.redis.pipeline()
         for job_id, results, error in outcomes:
             status = FAILED if error else SUCCEEDED
             payload = json.dumps(results) if results is not None else ""
-            self._finish(keys=[job_key(job_id), done_channel(job_id), OUTBOX_KEY],
+            self._finish(keys=[job_key(job_id), done_channel(job_id), OUTBOX_KEY, DELIVERIES_PREFIX + job_id],
                          args=[status, now, payload, error or "", self.ttl, PENDING_PREFIX, job_id, time.time(),
-                               finisher], client=pipe)
+                               finisher, tokens.get(job_id, "")], client=pipe)
         return [bool(stored) for stored in pipe.execute()]
+
+    def takes_writes(self, owner: str) -> bool:
+        """A real write, as a worker's batch makes: True, or the store's refusal raised (worker/tasks.py)."""
+        return bool(self.redis.set(PROBE_PREFIX + owner, utc_now(), ex=60))
 
     def finishers(self, job_ids: list[str]) -> list[str | None]:
         """Each job's finished_by (see finish_many), None if unfinished, expired or finished by no worker."""
@@ -414,7 +349,7 @@ class JobStore:
 
 
 def _record_from_message(job_id: str, message: str | None) -> JobRecord | None:
-    """The record published by _FINISH_SCRIPT; None if the message is not one (then read the record)."""
+    """The record published by the FINISH script; None if the message is not one (then read the record)."""
     try:
         data = json.loads(message or "")
         return JobRecord.from_hash(job_id, data) if isinstance(data, dict) and data.get("status") else None

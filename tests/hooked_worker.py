@@ -43,8 +43,8 @@ def _lose_a_finish_reply() -> None:
 
     finish_many, lost = JobStore.finish_many, []
 
-    def finish_and_lose_the_reply(self, outcomes, finisher=""):
-        stored = finish_many(self, outcomes, finisher)
+    def finish_and_lose_the_reply(self, outcomes, finisher="", tokens=None):
+        stored = finish_many(self, outcomes, finisher, tokens)
         if not lost:
             lost.append(outcomes)
             print(f"lose-a-finish-reply: {len(outcomes)} results stored; the reply is lost", flush=True)

@@ -12,7 +12,6 @@ from shared.completions import CompletionListener
 from shared.jobs import (
     DELIVERIES_PREFIX,
     FAILED,
-    LEASE_PREFIX,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -123,18 +122,69 @@ def test_claiming_a_batch_marks_unfinished_jobs_running_and_reports_what_they_we
     assert store.claim([]) == []
 
 
+def expire_lease(redis_client, job_id: str) -> None:
+    """As if its owner stopped renewing LEASE_SECONDS ago."""
+    redis_client.hset(DELIVERIES_PREFIX + job_id, "lease_until", "1")
+
+
 def test_a_job_under_a_live_lease_is_held_and_taken_over_only_when_the_lease_expires(store, redis_client):
-    """One run per job: worker b does not run a job worker a holds; once a's lease expires (a died after
-    handing the job to the model), b takes it over and one death is counted, once."""
+    """One run per job: worker b does not run a job worker a holds; once a's lease on it expires (a died
+    after handing the job to the model), b takes it over and one death is counted, once."""
     job = new_record(store)
     [claim] = store.claim([job.job_id], "worker-a")
     assert (claim.verdict, claim.deaths) == ("run", 0)
     # As worker/deliveries.py's record() does just before the texts go to the model.
     redis_client.hset(DELIVERIES_PREFIX + job.job_id, mapping={"attempt": "worker-a", "worker": "worker-a"})
     assert store.claim([job.job_id], "worker-b")[0].verdict == "held"
-    assert store.claim([job.job_id], "worker-a")[0][:4] == ("running", claim.enqueued_ts, "run", 0)  # its own batch
-    redis_client.delete(LEASE_PREFIX + "worker-a")  # a stopped renewing: its lease expired
-    assert store.claim([job.job_id], "worker-b")[0][2:4] == ("run", 1)
-    redis_client.delete(LEASE_PREFIX + "worker-b")  # b died before handing it to the model: no death
-    assert store.claim([job.job_id], "worker-c")[0][2:4] == ("run", 1)
-    assert redis_client.ttl(LEASE_PREFIX + "worker-c") > 0 and redis_client.ttl(DELIVERIES_PREFIX + job.job_id) > 0
+    again = store.claim([job.job_id], "worker-a")[0]
+    assert again[:4] == ("running", claim.enqueued_ts, "run", 0)  # its own batch, held over an outage
+    expire_lease(redis_client, job.job_id)  # a stopped renewing
+    taken = store.claim([job.job_id], "worker-b")[0]
+    assert taken[2:4] == ("run", 1)
+    # a's late finish is refused (fenced): b holds the job now, and only b's claim stores its result.
+    late = store.finish_many([(job.job_id, [{"flagged": True}], None)], "worker-a", {job.job_id: again.token})
+    assert late == [False]
+    assert store.get(job.job_id).status == RUNNING
+    expire_lease(redis_client, job.job_id)  # b died before handing it to the model: no death
+    taken = store.claim([job.job_id], "worker-c")[0]
+    assert taken[2:4] == ("run", 1)
+    assert redis_client.ttl(DELIVERIES_PREFIX + job.job_id) > 0
+    stored = store.finish_many([(job.job_id, [{"flagged": False}], None)], "worker-c", {job.job_id: taken.token})
+    assert stored == [True]
+    assert store.get(job.job_id).results == [{"flagged": False}]
+
+
+def test_renewal_keeps_a_lease_and_a_release_frees_it_without_a_death(store, redis_client):
+    job = new_record(store)
+    claim = store.claim([job.job_id], "worker-a")[0]
+    redis_client.hset(DELIVERIES_PREFIX + job.job_id, "attempt", "worker-a")
+    expire_lease(redis_client, job.job_id)
+    assert store.renew("worker-a", {job.job_id: claim.token}) == []  # renewed: no one took it meanwhile
+    assert store.claim([job.job_id], "worker-b")[0].verdict == "held"
+    assert store.renew("worker-a", {job.job_id: "another claim's token"}) == [job.job_id]
+    store.release("worker-a", {job.job_id: claim.token})  # its batch failed: requeued to the broker
+    assert store.claim([job.job_id], "worker-b")[0][2:4] == ("run", 0)  # at once, and no death
+    assert store.renew("worker-a", {job.job_id: claim.token}) == [job.job_id]
+
+
+def test_every_store_step_run_twice_does_what_it_did_once(store, redis_client):
+    """redis-py sends a command again after a socket timeout, and the first may have run (a stalled store):
+    a second create writes nothing, a second finish and requeue by the same claim answer as the first."""
+    record = new_record(store)
+    [claim] = store.claim([record.job_id], "worker-a")
+    outcome = [(record.job_id, [{"flagged": True}], None)]
+    assert store.finish_many(outcome, "worker-a", {record.job_id: claim.token}) == [True]
+    assert store.finish_many(outcome, "worker-a", {record.job_id: claim.token}) == [True]  # its own first run
+    assert store.finish_many(outcome, "worker-b", {record.job_id: "b"}) == [False]
+    # A retried create after the job finished: the record is not reset to queued, no message is pushed.
+    lists = broker_lists(record.queue)
+    assert store.create_unless_full(record, lists, 100, (lists[0], "a second message")) == -1
+    store.create(record)
+    assert store.get(record.job_id).status == SUCCEEDED and redis_client.llen(lists[0]) == 0
+    # A requeue after a slice, sent twice.
+    sliced = new_record(store)
+    [claim] = store.claim([sliced.job_id], "worker-a")
+    for _ in range(2):
+        assert store.requeue(sliced.job_id, sliced.queue, "worker-a", claim.token, "0:3", [[0.5]], True)
+    assert redis_client.hget(job_key(sliced.job_id), "slices") == "1"
+    assert not store.requeue(sliced.job_id, sliced.queue, "worker-b", "b", "0:3", [[0.5]], True)

@@ -6,6 +6,8 @@ when it shuts down, in Celery's own order (no signal handlers).
 - BatchTimerStep re-arms the batching task's flush timer after a reconnect.
 - StoreGateStep lets worker/store_gate.py pause and resume this consumer during a job-store outage.
 - ParkingStep runs worker/parking.py's reconciler, only on RabbitMQ.
+- LeaseStep (a worker step, not a consumer step: it keeps running while the consumer reconnects to the
+  broker) renews the leases of the jobs this process is running (worker/leases.py).
 Each runs its loop in a thread of its own: the worker's shared timer also drives celery-batches'
 flushes, which a slow Redis call must not delay.
 """
@@ -19,6 +21,7 @@ from shared.celery_app import is_redis_url
 from shared.queues import MODERATE_TASK, queue_for_model
 from worker.deliveries import worker_name
 from worker.heartbeat import Heartbeat
+from worker.leases import LeaseKeeper
 from worker.parking import ParkingReconciler
 from worker.redelivery import RedeliverySweeper
 from worker.runtime import get_runtime
@@ -58,7 +61,7 @@ class BackgroundServiceStep(bootsteps.StartStopStep):
 class HeartbeatStep(BackgroundServiceStep):
     def make_service(self, consumer) -> Heartbeat:
         store = get_runtime().store
-        return Heartbeat(store.redis, consumer.hostname, _models(), lambda: store.renew_lease(worker_name()))
+        return Heartbeat(store.redis, consumer.hostname, _models())
 
 
 class RedeliveryStep(BackgroundServiceStep):
@@ -102,6 +105,28 @@ class StoreGateStep(bootsteps.StartStopStep):
         GATE.detach()
 
 
+class LeaseStep(bootsteps.StartStopStep):
+    """The lease keeper, for the worker's whole life: started once, stopped at shutdown (after the pool
+    finished its batches), never by a consumer restart."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.keeper = None
+
+    def start(self, worker):
+        self.keeper = LeaseKeeper(get_runtime().store, worker_name())
+        self.keeper.start()
+
+    def stop(self, worker):
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
+
+    shutdown = stop
+
+
 def _end_outage_waits(**_) -> None:
     """Warm shutdown waits for running batches: one held for a store outage gives up instead (unacknowledged)."""
     GATE.shutdown()
@@ -109,4 +134,5 @@ def _end_outage_waits(**_) -> None:
 
 def install(app) -> None:
     app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, ParkingStep, BatchTimerStep, StoreGateStep])
+    app.steps["worker"].add(LeaseStep)
     signals.worker_shutting_down.connect(_end_outage_waits, weak=False)

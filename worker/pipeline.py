@@ -2,11 +2,12 @@
 
 Returns a BatchReport: the requests whose outcome is safely in Redis (worker/tasks.py acknowledges
 exactly those) and the requests whose job another live worker holds (kept, tried again later). A Redis
-error propagates: worker/tasks.py then holds the whole batch until the store answers, so a crash or a
-store outage never loses a job.
+error makes the report say so (store_failed): worker/tasks.py then holds the whole batch until the store
+takes writes and runs it again, so a crash or a store outage never loses a job.
 
-One run per job: claiming takes a lease (shared/jobs.py), so a job a live worker holds is not run
-again concurrently, here or elsewhere. Jobs delivered for the first time share forward passes. A job
+One run per job: claiming takes a lease on each job (shared/job_scripts.py, renewed by worker/leases.py),
+so a job a live worker holds is not run again concurrently, here or elsewhere, and only the current
+lease's token stores a result. Jobs delivered for the first time share forward passes. A job
 whose previous worker died while running it runs alone, after the batch's first-time jobs are stored:
 if it is what kills the process, it takes no innocent job down with it, and after MAX_DELIVERIES
 deaths it is failed instead of run (worker/deliveries.py).
@@ -33,6 +34,7 @@ from worker import metrics
 from worker.deliveries import poison_error, worker_name
 from worker.followups import after_batch
 from worker.inference import PassStats
+from worker.leases import IN_FLIGHT
 from worker.policy import moderation_result
 from worker.runtime import ServedModel, WorkerRuntime
 from worker.slices import plan_turn, remaining_cost, score_slice
@@ -47,28 +49,7 @@ class BatchReport:
     done: list[str] = field(default_factory=list)  # request ids to acknowledge
     deferred: list[str] = field(default_factory=list)  # request ids whose job a live worker holds
     unacknowledged: bool = False  # leave the rest as they are (not requeued): worker/tasks.py
-
-
-class ActiveJobs:
-    """Jobs this process is running now: a second copy of one (a redelivery after a broker reconnect,
-    with WORKER_CONCURRENCY > 1) waits instead of running beside it under this worker's own lease."""
-
-    def __init__(self):
-        self._lock, self._ids = threading.Lock(), set()
-
-    def take(self, job_ids: list[str]) -> set[str]:
-        """Mark the free ones active; returns those another batch of this process is running."""
-        with self._lock:
-            busy = self._ids.intersection(job_ids)
-            self._ids.update(set(job_ids) - busy)
-            return busy
-
-    def release(self, job_ids) -> None:
-        with self._lock:
-            self._ids.difference_update(job_ids)
-
-
-ACTIVE = ActiveJobs()
+    store_failed: bool = False  # the job store failed mid-batch: worker/tasks.py runs the batch again
 
 
 class UnconfirmedFinishes:
@@ -193,14 +174,32 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> BatchReport:
             report.done.append(request.id)
             if exc.job_id:
                 outcomes.append((exc.job_id, None, str(exc)))
-    busy = ACTIVE.take([job.job_id for job in jobs])
-    mine = [job.job_id for job in jobs if job.job_id not in busy]
+    busy = IN_FLIGHT.take([job.job_id for job in jobs])
+    mine = [job for job in jobs if job.job_id not in busy]
     try:
-        _process_jobs(runtime, [job for job in jobs if job.job_id not in busy], outcomes, report)
+        _process_jobs(runtime, mine, outcomes, report)
+    except redis.RedisError as exc:
+        # Refused, timed out past redis-py's retries, or a write refused (READONLY, MISCONF, OOM): no job's
+        # fault. The whole batch runs again here once the store takes writes (worker/tasks.py); every step
+        # of it is idempotent (shared/job_scripts.py), so what already went through is not done twice.
+        log.warning("the job store failed mid-batch (%s: %s); the batch will run again", type(exc).__name__, exc)
+        return BatchReport(store_failed=True)
+    except Exception:
+        # The batch goes back to the broker: free its leases now, so another worker need not wait for them.
+        _release(runtime, mine)
+        raise
     finally:
-        ACTIVE.release(mine)
+        IN_FLIGHT.release([job.job_id for job in mine])
     report.deferred.extend(job.request_id for job in jobs if job.job_id in busy)
     return report
+
+
+def _release(runtime: WorkerRuntime, jobs: list[Job]) -> None:
+    leases = {job.job_id: job.claim.token for job in jobs if job.claim is not None}
+    try:
+        runtime.store.release(worker_name(), leases)
+    except redis.RedisError as exc:
+        log.warning("could not release the leases of a failed batch (they expire in seconds): %s", exc)
 
 
 def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcome], report: BatchReport) -> None:
@@ -222,6 +221,7 @@ def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcom
             report.done.append(job.request_id)
         else:
             job.claim, job.texts = claim, claim.texts or []
+            IN_FLIGHT.hold(job.job_id, claim.token)
             live.append(job)
             live_ids.add(job.job_id)
             metrics.QUEUE_WAIT.labels(job.model).observe(max(0.0, now - job.waited_since))
@@ -300,7 +300,8 @@ def _advance(runtime: WorkerRuntime, live: list[Job], sliced: list, postponed: l
 
 def _put_back(runtime: WorkerRuntime, job: Job, cursor: str, scores: list, progressed: bool) -> None:
     """The job goes to the back of its queue: its record first (queued, where it stopped), then its message."""
-    if runtime.store.requeue(job.job_id, queue_for_model(job.model), worker_name(), cursor, scores, progressed):
+    if runtime.store.requeue(job.job_id, queue_for_model(job.model), worker_name(), job.claim.token, cursor, scores,
+                             progressed):
         publish_job(celery_app, job.job_id, job.model, time.time())
     else:
         log.warning("job %s is no longer this worker's; not putting it back", job.job_id)
@@ -312,7 +313,8 @@ def _store(runtime: WorkerRuntime, live: list[Job], outcomes: list[Outcome]) -> 
         return []
     job_ids = [job_id for job_id, _, _ in outcomes]
     UNCONFIRMED.add(job_ids)  # until the reply comes: a Redis error leaves them here
-    finished = runtime.store.finish_many(outcomes, worker_name())
+    tokens = {job.job_id: job.claim.token for job in live if job.claim is not None}
+    finished = runtime.store.finish_many(outcomes, worker_name(), tokens)
     UNCONFIRMED.pop(job_ids)
     stored = [outcome for outcome, new in zip(outcomes, finished) if new]
     _count_outcomes(live, stored)

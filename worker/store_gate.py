@@ -1,12 +1,14 @@
-"""Pause consumption while the job store (REDIS_URL) does not answer, and resume when it does.
+"""Pause consumption while the job store (REDIS_URL) takes no writes, and resume when it does.
 
 A batch that fails on the store is neither acknowledged nor rejected: rejecting with requeue would
 hand the message straight back (a spin that, on RabbitMQ, raises each message's delivery count until
 the quorum queue's x-delivery-limit removes it). Instead the batch thread that met the outage stops
 the consumer with Celery's own remote-control operations (Consumer.cancel_task_queue: no more
 messages are delivered; what was delivered stays unacknowledged, so its delivery count is unchanged),
-backs off while it pings the store, then consumes again (Consumer.add_task_queue) and runs the held
-batch again. Other batches that meet the same outage wait for the same recovery.
+backs off while it probes the store with a real write (a store that answers PING but refuses writes,
+READONLY, MISCONF or OOM, is as unusable as one that is down), then consumes again
+(Consumer.add_task_queue) and runs the held batch again. Other batches that meet the same outage wait
+for the same recovery.
 
 The consumer's methods run on the consumer's event loop (Consumer.call_soon), never on a pool thread.
 StoreGateStep (worker/bootsteps.py) attaches the consumer on each (re)start and stops the wait on

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
 from celery.worker import state as worker_state
@@ -24,12 +25,16 @@ from shared.celery_app import celery_app
 from shared.config import Settings
 from shared.kombu_redis import batched_acks, more_in_fetch
 from shared.queues import MODERATE_TASK
+from worker.deliveries import worker_name
 from worker.pipeline import BatchReport, process_batch
 from worker.runtime import get_runtime
 from worker.store_gate import GATE
 
 # A job another live worker holds (shared/jobs.py: its lease) is tried again after this long.
 DEFER_SECONDS = 2.0
+# A batch the store failed while it takes writes (a stall past redis-py's retries) runs again this often.
+STORE_RETRIES = 5
+STORE_RETRY_PAUSE = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +121,24 @@ class AckStoredBatches(Batches):
             self.flush([])
 
     def _run_until_stored(self, requests) -> BatchReport:
-        """Run the batch; while it fails because the job store does not answer, hold it and try again once
-        the store answers. An empty report (requeue everything) if it failed otherwise."""
+        """Run the batch; while it fails on the job store, hold it (consumption paused while the store takes
+        no writes) and run it again. An empty report (requeue everything) if it failed otherwise, or if the
+        store keeps failing it while it takes writes (STORE_RETRIES times)."""
+        failures = 0
         while True:
             report = apply_batches_task(self, ([SimpleRequest.from_request(r) for r in requests],), 0, None)
-            if report is not None:
-                return report
-            if store_answers():
+            if report is None:
                 return BatchReport()
+            if not report.store_failed:
+                return report
+            failures += 1
+            if store_answers():
+                if failures >= STORE_RETRIES:
+                    log.error("the job store failed this batch %d times while it takes writes; requeueing it",
+                              failures)
+                    return BatchReport()
+                time.sleep(STORE_RETRY_PAUSE)  # a short stall (redis-py's retries ran out): run it again
+                continue
             if not GATE.hold_until_store_answers(store_answers):
                 # Shutting down during the outage: leave the messages unacknowledged for the broker to redeliver.
                 return BatchReport(unacknowledged=True)
@@ -156,8 +171,10 @@ def _ack_messages(consumer, messages) -> None:
 
 
 def store_answers() -> bool:
+    """Whether the job store takes a write now: a refused write (READONLY after a failover, MISCONF with its
+    disk full, OOM at maxmemory) answers PING, but would fail every batch, so only a real write counts."""
     try:
-        return bool(get_runtime().store.redis.ping())
+        return get_runtime().store.takes_writes(worker_name())
     except redis.RedisError:
         return False
 

@@ -14,7 +14,7 @@ import redis
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import health, jobs, moderations, openapi, queue, web
+from api import health, jobs, moderations, openapi, queue, web, webhook_secrets
 from api.contract import undocumented_routes
 from api.errors import error_response, register_error_handlers
 from api.extensions import Services
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_limiter(app, settings)
     init_long_polls(app, settings)
     app.register_blueprint(init_metrics(app, queues, {name: spec.queue for name, spec in specs.items()}))
-    for blueprint in (jobs.bp, moderations.bp, health.bp, queue.bp, web.bp, openapi.bp):
+    for blueprint in (jobs.bp, moderations.bp, webhook_secrets.bp, health.bp, queue.bp, web.bp, openapi.bp):
         app.register_blueprint(blueprint)
     missing = undocumented_routes(app)
     if missing:

@@ -20,6 +20,7 @@ _REF = "#/components/schemas/{model}"
 ERROR_DESCRIPTIONS = {
     400: "Invalid request (the message names the field and the limit)",
     401: "Missing or invalid API key",
+    403: "Per-key webhook secrets need API keys (API_KEYS is not set)",
     404: "Unknown or expired (or another key's) job",
     409: "The job is no longer queued",
     413: "Body larger than MAX_CONTENT_LENGTH, a text past MAX_TEXT_TOKENS or a request past MAX_REQUEST_TOKENS"
@@ -41,6 +42,7 @@ class Operation:
     responses: dict[int, tuple[str, type[BaseModel] | str | tuple[str, ...]]]
     errors: tuple[int, ...] = ()
     body: str | None = None  # the RequestSchemas attribute that validates the body
+    body_required: bool = True  # False: no body means the model's defaults
     query: tuple[Callable, ...] = field(default_factory=tuple)  # request_schemas -> a parameter
     headers: tuple[Callable, ...] = field(default_factory=tuple)  # request_schemas -> a header parameter
     path: dict = field(default_factory=dict)  # path parameter -> its JSON schema (default: a string)
@@ -122,7 +124,7 @@ def build_openapi(app: Flask, request_schemas, error_model: type[BaseModel], tit
         if op.body:
             model = getattr(request_schemas, op.body)
             request_models[model.__name__] = model
-            spec["requestBody"] = {"required": True, "content": _content(model)}
+            spec["requestBody"] = {"required": op.body_required, "content": _content(model)}
         if op.secured and auth_on:
             spec["security"] = [{"bearer": []}]
         for method in documented_methods(rule):

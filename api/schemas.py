@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from shared.schemas import Job, ModerationResult
+from shared.webhook_signing import DEFAULT_KEEP_PREVIOUS_SECONDS, MAX_KEEP_PREVIOUS_SECONDS
 
 __all__ = ["Job", "ModerationResult"]  # re-exported: the API's schemas in one place
 
@@ -152,11 +153,42 @@ def _text_part_only(part):
     return part
 
 
+class WebhookSecretInfo(BaseModel):
+    """GET /v1/webhooks/secret: which secret signs this API key's webhooks; never a secret itself."""
+    source: Annotated[Literal["key", "global"], Field(
+        description="key: this API key's own secret; global: the service's WEBHOOK_SECRET (no secret set)")]
+    created_at: Annotated[str | None, Field(description="when the key's current secret was made; null if none")]
+    previous: Annotated[Literal["key", "global"] | None, Field(
+        description="the secret the last rotation replaced, still signing beside the new one until "
+                    "previous_valid_until; null when none does")]
+    previous_valid_until: str | None
+
+
+class WebhookSecretCreated(WebhookSecretInfo):
+    """POST /v1/webhooks/secret: the new secret, shown this once (verify with it: standardwebhooks.com)."""
+    secret: Annotated[str, Field(pattern="^whsec_", description="whsec_<base64 HMAC key>")]
+
+
+def _whole_number(value):
+    """JSON Schema's integer includes 3.0: take it as 3 (strict mode still refuses "3", true and 3.5)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class WebhookSecretRequest(BaseModel):
+    """Optional body of POST /v1/webhooks/secret."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    keep_previous_seconds: Annotated[int, Field(
+        ge=0, le=MAX_KEEP_PREVIOUS_SECONDS,
+        description="how long the replaced secret keeps signing beside the new one (0: stop at once, "
+                    "e.g. after a leak)"), BeforeValidator(_whole_number)] = DEFAULT_KEEP_PREVIOUS_SECONDS
+
+
 @dataclass(frozen=True)
 class RequestSchemas:
     generate: type[BaseModel]
     moderations: type[BaseModel]
     max_wait: float
+    webhook_secret: type[BaseModel] = WebhookSecretRequest
 
 
 def _callback_url_schema(allowed_hosts: frozenset[str]):

@@ -56,3 +56,10 @@ def parse_json_body(schema: type[BaseModel]) -> BaseModel:
         raise APIError(400, "invalid_request", "; ".join(messages[:5]), param=_param(errors)) from None
     except RecursionError:
         raise APIError(400, "invalid_body", "body JSON is nested too deeply") from None
+
+
+def parse_optional_json_body(schema: type[BaseModel]) -> BaseModel:
+    """An empty body is the schema's defaults; any other body is parsed as parse_json_body does."""
+    if not request.get_data(cache=True):  # raises 413 past MAX_CONTENT_LENGTH
+        return schema()
+    return parse_json_body(schema)

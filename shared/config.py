@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from shared.webhook_signing import global_keys
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Where `make model` assembles the bundled model (git-ignored).
 BUNDLED_MODEL_PATH = PROJECT_ROOT / "build" / "moderation-minilm"
@@ -196,6 +198,8 @@ class Settings:
     trusted_proxies: int = 0
     # Webhooks (callback_url): only these hosts are ever called; none set means the field is refused.
     webhook_allowed_hosts: frozenset[str] = frozenset()
+    # The fallback signing secret (shared/webhook_signing.py): `whsec_<base64>` (several, space-separated,
+    # all sign), or a plain string whose UTF-8 bytes are the key. API keys may set their own.
     webhook_secret: str = ""
     webhook_timeout: float = 5.0
     webhook_max_retries: int = 8
@@ -244,8 +248,12 @@ def load_settings(environ: dict | None = None) -> Settings:
     if engine not in ENGINES:
         raise ConfigError(f"ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
     webhook_allowed_hosts = frozenset(host.lower() for host in _csv(env.get("WEBHOOK_ALLOWED_HOSTS", "")))
-    if webhook_allowed_hosts and not env.get("WEBHOOK_SECRET", ""):
+    if webhook_allowed_hosts and not env.get("WEBHOOK_SECRET", "").strip():
         raise ConfigError("WEBHOOK_SECRET must be set when WEBHOOK_ALLOWED_HOSTS is (deliveries are signed with it)")
+    try:
+        global_keys(env.get("WEBHOOK_SECRET", ""))
+    except ValueError as exc:
+        raise ConfigError(f"WEBHOOK_SECRET: {exc}") from None
     redis_url = env.get("REDIS_URL", "").strip() or Settings.redis_url
     metrics_port, metrics_port_last = _port_range(env, "WORKER_METRICS_PORT", 9101)
     return Settings(

@@ -1,9 +1,9 @@
-"""Webhooks: which callback URLs may be called, and how a delivery is signed.
+"""Webhooks: which callback URLs may be called, how they are logged, and the outbox of pending calls.
 
 The API checks `callback_url` against WEBHOOK_ALLOWED_HOSTS when a job is submitted (so the service
-cannot be pointed at internal addresses); the webhook task checks again before each call.
-The body is the job exactly as GET /jobs/<id> returns it; the signature header is
-`X-Moderation-Signature: sha256=<hex HMAC-SHA256 of the body with WEBHOOK_SECRET>`.
+cannot be pointed at internal addresses); the webhook task checks again before each call. A callback
+URL's query string often carries a token: logs name it only as `redacted(url)` (scheme, host, port,
+path). The body is the job exactly as GET /jobs/<id> returns it, signed as shared/webhook_signing.py says.
 
 The outbox makes delivery at-least-once across crashes: the script that stores a job's result also adds
 the job to OUTBOX_KEY when it has a callback_url (one atomic step), a delivery that is over (delivered,
@@ -13,8 +13,6 @@ WEBHOOK_SWEEP_GRACE seconds (a worker that died between storing the result and e
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from urllib.parse import urlsplit
 
@@ -22,7 +20,6 @@ import redis
 
 WEBHOOK_TASK = "moderation.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"
-SIGNATURE_HEADER = "X-Moderation-Signature"
 # Sorted set: job id -> when its callback was last due or tried (epoch seconds).
 OUTBOX_KEY = "moderation:webhooks:outbox"
 
@@ -57,8 +54,31 @@ def check_callback_url(url: str, allowed_hosts: frozenset[str]) -> str:
     return url
 
 
-def signature(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def redacted(url: str) -> str:
+    """The URL as logs may show it: scheme://host[:port]/path, without credentials, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<malformed URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}{parts.path}"
+
+
+def scrubbed(text: str, *urls: str) -> str:
+    """`text` (e.g. an HTTP library's error, which names the URL it called) without the query strings,
+    fragments and credentials of `urls` (give each spelling the library may have used)."""
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            continue
+        for secret in (f"?{parts.query}" if parts.query else "", f"#{parts.fragment}" if parts.fragment else "",
+                       parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else ""):
+            if secret:
+                text = text.replace(secret, "")
+    return text
 
 
 class WebhookOutbox:

@@ -49,6 +49,13 @@ def test_every_route_is_documented_with_its_methods_and_error_answers(app):
     assert {"200", "503"} <= set(paths["/queue"]["get"]["responses"])
     assert {"400", "401", "413", "415", "429", "503"} <= set(paths["/generate"]["post"]["responses"])
     assert "504" in paths["/v1/moderations"]["post"]["responses"]
+    secret = paths["/v1/webhooks/secret"]
+    assert {"201", "400", "401", "403", "415", "429", "503"} <= set(secret["post"]["responses"])
+    assert secret["post"]["requestBody"]["required"] is False  # no body: the defaults
+    assert {"200", "401"} <= set(secret["get"]["responses"])
+    assert "secret" not in document["components"]["schemas"]["WebhookSecretInfo"]["properties"]
+    keep = document["components"]["schemas"]["WebhookSecretRequest"]["properties"]["keep_previous_seconds"]
+    assert keep["type"] == "integer" and keep["minimum"] == 0 and keep["maximum"] == 30 * 24 * 3600
     assert "429" not in paths["/healthz"]["get"]["responses"]  # exempt from rate limits
     assert document["components"]["schemas"]["Job"]["properties"]["status"]["enum"] == [
         "queued", "running", "succeeded", "failed", "canceled"]
@@ -95,6 +102,15 @@ def test_answers_validate_against_their_documented_schemas(app):
         ("post", "/v1/moderations", "/v1/moderations", {"json": {"input": 3}}, 400),
         ("post", "/v1/moderations", "/v1/moderations",
          {"json": {"input": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}}, 400),
+        ("get", "/v1/webhooks/secret", "/v1/webhooks/secret", {}, 200),
+        ("post", "/v1/webhooks/secret", "/v1/webhooks/secret", {}, 201),
+        ("post", "/v1/webhooks/secret", "/v1/webhooks/secret", {"json": {"keep_previous_seconds": 60}}, 201),
+        ("post", "/v1/webhooks/secret", "/v1/webhooks/secret", {"json": {"keep_previous_seconds": 2.0}}, 201),
+        ("post", "/v1/webhooks/secret", "/v1/webhooks/secret", {"json": {"keep_previous_seconds": -1}}, 400),
+        ("post", "/v1/webhooks/secret", "/v1/webhooks/secret", {"json": {"keep_previous_seconds": "60"}}, 400),
+        ("post", "/v1/webhooks/secret", "/v1/webhooks/secret", {"json": {"keep": 1}}, 400),
+        ("post", "/v1/webhooks/secret", "/v1/webhooks/secret", {"data": "x", "content_type": "text/plain"}, 415),
+        ("get", "/v1/webhooks/secret", "/v1/webhooks/secret", {}, 200),
         ("get", "/models", "/models", {}, 200),
         ("get", "/queue", "/queue", {}, 200),
         ("get", "/healthz", "/healthz", {}, 200),

@@ -2,10 +2,12 @@
 
 `python -m worker` starts it as a child process when WEBHOOK_ALLOWED_HOSTS is set; it loads no model,
 and its threads are its own, so a slow or dead receiver never holds up a moderation batch. Each
-delivery POSTs the job (the body of GET /jobs/<id>, serialised by the same pydantic model), signed with
-WEBHOOK_SECRET; a failure (connection error, timeout, non-2xx) is retried by Celery with exponential
+delivery POSTs the job (the body of GET /jobs/<id>, serialised by the same pydantic model), signed the
+Standard Webhooks way with the job owner's secrets, looked up now (shared/webhook_signing.py), and a
+timestamp of this attempt; a failure (connection error, timeout, non-2xx) is retried by Celery with exponential
 backoff (1, 2, 4 ... 60 s, with jitter) up to WEBHOOK_MAX_RETRIES times, then dropped with a log line.
-The job itself is already stored: a delivery never changes it.
+The job itself is already stored: a delivery never changes it. Logs name the callback URL only as
+`redacted(url)` (no query string: it often carries a token), and scrub it from the HTTP library's errors.
 
 At least once across crashes (shared/webhooks.py's outbox): each try stamps the job's outbox entry, a
 delivery that is over removes it, and OutboxSweepStep re-enqueues entries untouched for
@@ -31,14 +33,15 @@ from shared.config import get_settings
 from shared.jobs import JobStore
 from shared.redis_client import make_redis
 from shared.schemas import Job
+from shared.webhook_signing import WebhookSecrets, global_keys, signed_headers
 from shared.webhooks import (
-    SIGNATURE_HEADER,
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
     CallbackRefused,
     WebhookOutbox,
     check_callback_url,
-    signature,
+    redacted,
+    scrubbed,
 )
 
 log = logging.getLogger(__name__)
@@ -65,25 +68,44 @@ def deliver(job_id: str) -> str:
     try:
         url = check_callback_url(record.callback_url, settings.webhook_allowed_hosts)
     except CallbackRefused as exc:
-        log.warning("job %s: not calling %s: %s", job_id, record.callback_url, exc)
+        log.warning("job %s: not calling %s: %s", job_id, redacted(record.callback_url), exc)
+        return "refused"
+    keys = _secrets().signing_keys(record.owner, global_keys(settings.webhook_secret))
+    if not keys:
+        log.warning("job %s: not calling %s: no webhook secret to sign with (WEBHOOK_SECRET is not set)", job_id,
+                    redacted(url))
         return "refused"
     body = Job.of(record).model_dump_json().encode()
-    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(body, settings.webhook_secret),
+    # Signed now, for this attempt: a retry carries a fresh timestamp (a receiver refuses one 5 minutes old).
+    headers = {"Content-Type": "application/json", **signed_headers(job_id, body, keys),
                "User-Agent": f"moderation-webhooks/{__version__}"}
     try:
         # No redirects: a receiver must not bounce the call to a host outside the allowlist.
         response = requests.post(url, data=body, headers=headers, timeout=settings.webhook_timeout,
                                  allow_redirects=False)
     except requests.RequestException as exc:
-        raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
+        # Its message names the URL as requests sent it (the query string re-quoted): scrub both spellings.
+        raise DeliveryFailed(f"{type(exc).__name__}: {scrubbed(str(exc), url, _prepared(url))}") from None
     if not 200 <= response.status_code < 300:
         raise DeliveryFailed(f"the receiver answered {response.status_code}")
     return "delivered"
 
 
+def _prepared(url: str) -> str:
+    try:
+        return requests.Request("POST", url).prepare().url or url
+    except Exception:  # noqa: BLE001 (a URL requests cannot prepare: its error names it as given)
+        return url
+
+
 @cache
 def _outbox() -> WebhookOutbox:
     return WebhookOutbox(_store().redis)
+
+
+@cache
+def _secrets() -> WebhookSecrets:
+    return WebhookSecrets(_store().redis)
 
 
 @celery_app.task(name=WEBHOOK_TASK, bind=True, acks_late=True)

@@ -115,10 +115,9 @@ class TokenBudget:
                     raise APIError(413, "request_too_large",
                                    f"the request holds {tokens} tokens, more than the whole per-key budget "
                                    f"TOKEN_RATE_LIMITER={item}", param=None, tokens=tokens, limit=item.amount)
-            fits = all(self.strategy.test(item, TOKEN_SCOPE, identity, cost=tokens) for item in self.items)
-            if fits:
-                for item in self.items:
-                    self.strategy.hit(item, TOKEN_SCOPE, identity, cost=tokens)
+            # A moving window's hit takes nothing when the cost does not fit: one round trip per limit (with
+            # several limits, e.g. per minute and per hour, one that fits is spent even if a later one refuses).
+            fits = all(self.strategy.hit(item, TOKEN_SCOPE, identity, cost=tokens) for item in self.items)
         except APIError:
             raise
         except Exception:  # noqa: BLE001 (storage down: as flask-limiter's swallow_errors, let it through)

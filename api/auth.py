@@ -1,7 +1,8 @@
 """Optional API keys (API_KEYS / API_KEYS_FILE): Bearer auth and job ownership.
 
 A job remembers a hash of the key that created it; any other key gets 404 for it, so ids leak
-nothing. Keys are compared in constant time.
+nothing. Keys are compared in constant time, as SHA-256 digests: hmac.compare_digest returns early on inputs
+of different lengths, so comparing the keys themselves would reveal a configured key's length.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def _key_digest(key: str) -> bytes:
+    """32 bytes whatever the key's length, so the comparison's time says nothing about lengths."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
 def _is_configured_key(presented: str, keys: tuple[str, ...]) -> bool:
-    # Compare against every key so timing does not reveal which one (or whether any) matched.
+    # Compare against every key so timing does not reveal which one (or whether any) matched, and compare
+    # fixed-length digests so it does not reveal any key's length either.
+    presented_digest = _key_digest(presented)
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(presented.encode("utf-8", "surrogatepass"), key.encode())
+        matched |= hmac.compare_digest(presented_digest, _key_digest(key))
     return matched
 
 

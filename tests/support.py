@@ -93,6 +93,12 @@ class RabbitVhost:
         """Messages delivered to a consumer and not yet acknowledged."""
         return self.queue_info(queue, "messages_unacknowledged")
 
+    def consumers(self, queue: str) -> int:
+        """Consumers of the queue now, as its channels know them: a cancelled consumer is gone at once (a
+        quorum queue's passive declare still counts it while it holds unacknowledged messages)."""
+        return sum(line.strip() == queue for line in self._ctl("list_consumers", "-p", self.name,
+                                                                   "--no-table-headers", "queue_name").splitlines())
+
     def queue_info(self, queue: str, item: str = "messages") -> int:
         """One of rabbitmqctl's list_queues items (`messages`: ready + unacknowledged); 0 for no such queue."""
         for line in self._ctl("list_queues", "-p", self.name, "--no-table-headers", "name",

@@ -11,6 +11,7 @@ Every test starts with empty rate-limit counters.
 
 from __future__ import annotations
 
+import hmac
 import re
 import time
 import uuid
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from api import auth
 from tests.support import RedisServer, base_env, start_api, start_worker, wait_until
 
 LIMIT = 5  # ip_api and proxied_api
@@ -214,6 +216,25 @@ def test_job_endpoints_refuse_missing_or_wrong_keys_with_401_json(keyed_api):
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.json()["error"]["code"] == "unauthorized"
             assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_keys_are_compared_as_equal_length_digests(monkeypatch):
+    """hmac.compare_digest returns early when its inputs differ in length: every comparison must be of two
+    digests of one size, whatever the lengths of the presented and configured keys."""
+    compared, compare_digest = [], hmac.compare_digest
+
+    def recording_compare_digest(a, b):
+        compared.append((len(a), len(b)))
+        return compare_digest(a, b)
+    monkeypatch.setattr(auth.hmac, "compare_digest", recording_compare_digest)
+    keys = ("k", "alice-key", "x" * 200)
+    for presented, valid in (("k", True), ("alice-key", True), ("x" * 200, True), ("", False), ("alice", False),
+                             ("alice-key-x", False), ("x" * 199, False), ("x" * 5000, False), ("ALICE-KEY", False),
+                             ("caf\u00e9-key", False), ("\udc80", False)):
+        compared.clear()
+        assert auth._is_configured_key(presented, keys) is valid, presented
+        assert len(compared) == len(keys), "every configured key is compared, matched or not"
+        assert set(compared) == {(32, 32)}, f"compared inputs of lengths {compared} for a key of {len(presented)}"
 
 
 def test_keys_from_api_keys_and_api_keys_file_both_work(keyed_api):

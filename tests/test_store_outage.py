@@ -4,7 +4,8 @@ A few hundred jobs are queued; the worker starts on them; then the job-store Red
 proxy the test stops: connections refused and cut) is gone for ~20 s, and comes back. The worker must
 pause consumption instead of rejecting and requeueing its batches in a loop (on RabbitMQ that loop ends
 with the quorum queue dropping every message past its delivery limit: the whole backlog lost), and
-resume when the store answers: every job succeeds, each stored once and counted once.
+resume when the store answers: every job succeeds, each stored once and counted once. On RabbitMQ the
+pause itself is checked: the queue's ready count does not move during the outage, and it has no consumer.
 
 Both brokers: RabbitMQ (a private vhost), and the Redis transport on a SEPARATE broker Redis (with one
 Redis for both, a store outage is a broker outage too: tests/test_redis_outage.py).
@@ -19,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import redis as redis_py
+from kombu import Connection
 
 from shared import metrics as names
 from shared.jobs import FINISHED, JobStore
@@ -83,11 +85,25 @@ def test_a_store_outage_pauses_the_worker_and_every_queued_job_finishes_once(out
     try:
         time.sleep(5)  # into the outage: the worker has met it
         pushes = _list_pushes(stack.broker_redis) if stack.broker_redis is not None else None
-        time.sleep(OUTAGE_SECONDS - 5)  # the fault's length
+        # RabbitMQ: the queue's ready count through the rest of the fault (passive declares, which answer at
+        # once; rabbitmqctl's statistics lag by seconds), and its consumers at both ends of that span.
+        ready = consumers = None
+        if stack.vhost is not None:
+            consumers = [stack.vhost.consumers(QUEUE)]
+            ready = _ready_counts(stack.vhost.url, until=outage_started + OUTAGE_SECONDS - 1)
+            consumers.append(stack.vhost.consumers(QUEUE))
+        time.sleep(max(0.0, outage_started + OUTAGE_SECONDS - time.monotonic()))  # the fault's length
         if stack.broker_redis is not None:
             # Paused, not spinning: nothing was put back on the broker's lists while the store was away.
             assert _list_pushes(stack.broker_redis) == pushes, "the worker requeued messages in a loop"
         else:
+            # Paused: the worker takes nothing (and hands nothing back) while the store is away, so the ready
+            # count does not move; a consumer still taking messages, or rejecting them, changes it.
+            assert len(ready) >= 10 and len(set(ready)) == 1 and ready[0] > 0, \
+                f"the queue's ready count moved during the outage: {_runs(ready)}"
+            # And the pause is the worker's cancel, not only its prefetch window (which also stops deliveries
+            # once held batches fill it): the queue has no consumer.
+            assert consumers == [0, 0], f"the queue's consumers during the outage: {consumers} (not paused)"
             # Every unfinished job's message waits in the broker (ready, or held by the paused worker).
             waiting = stack.vhost.queue_info(QUEUE)
             assert waiting >= at_outage, f"messages left the queue during the outage: {waiting} for {at_outage} jobs"
@@ -105,6 +121,9 @@ def test_a_store_outage_pauses_the_worker_and_every_queued_job_finishes_once(out
     assert not any(DeliveryCounter(stack.store.redis, 3600, 3).counts(job_ids))
     log = worker.log_tail(1_000_000)
     assert "pausing consumption" in log and "resuming consumption" in log and worker.alive()
+    if ready:
+        print(f"\n[store outage] rabbitmq: {ready[0]} ready in all {len(ready)} samples from 5s into the outage "
+              f"to its end, consumers {consumers}")
     print(f"\n[store outage] {stack.kind}: {JOBS} jobs, {at_outage} unfinished when the store went away for "
           f"{outage:.1f}s; all {JOBS} succeeded {drained:.1f}s after it came back, each counted once")
 
@@ -142,6 +161,29 @@ def completed_count(env: dict, expected: int) -> float:
         return wait_until(reached, timeout=10, what="the completed count")
     except AssertionError:
         return count()
+
+
+def _ready_counts(broker_url: str, until: float, interval: float = 0.25) -> list[int]:
+    """The queue's ready messages (a passive queue_declare) every `interval` s until time.monotonic() `until`."""
+    counts = []
+    with Connection(broker_url) as connection:
+        channel = connection.default_channel
+        while True:
+            counts.append(channel.queue_declare(queue=QUEUE, passive=True).message_count)
+            if time.monotonic() + interval >= until:
+                return counts
+            time.sleep(interval)
+
+
+def _runs(counts: list[int]) -> str:
+    """`counts` with repeats folded (`364 x40, 360 x2`), for a failure message."""
+    runs: list[list[int]] = []
+    for count in counts:
+        if runs and runs[-1][0] == count:
+            runs[-1][1] += 1
+        else:
+            runs.append([count, 1])
+    return ", ".join(f"{count} x{times}" for count, times in runs)
 
 
 def _list_pushes(client: redis_py.Redis) -> int:

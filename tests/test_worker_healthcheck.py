@@ -49,6 +49,26 @@ def test_is_live_needs_a_fresh_heartbeat_for_every_model(redis_client):
     assert not worker_registry.is_live(redis_client, "w1", ["a"])
 
 
+def start_on_a_free_pair(envs: list[dict], workers: list, tmp_path, tries: int = 5) -> int:
+    """Both workers on one range of two free ports; the first port. Another process on this machine may
+    take a port between the check and the bind (a busy CI host): then the pair is picked again."""
+    for attempt in range(tries):
+        first = free_port()
+        while not port_free(first + 1):
+            first = free_port()
+        try:
+            for i, env in enumerate(envs):
+                env["WORKER_METRICS_PORT"] = f"{first}-{first + 1}"
+                workers.append(start_worker(env, tmp_path / f"worker{i}-{attempt}.log", models=["tiny"]))
+            return first
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc) or attempt == tries - 1:
+                raise
+            while workers:
+                workers.pop().stop()
+    raise AssertionError("unreachable")
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
@@ -70,13 +90,7 @@ def test_two_workers_on_one_host_get_their_own_ports_names_and_healthchecks(
                            TMPDIR=str(tmp_path / f"tmp{i}"))
             envs.append(env)
             assert healthcheck(env).returncode == 1, "healthy before the worker started"
-        first = free_port()
-        while not port_free(first + 1):
-            first = free_port()
-        ports = f"{first}-{first + 1}"
-        for i, env in enumerate(envs):
-            env["WORKER_METRICS_PORT"] = ports
-            workers.append(start_worker(env, tmp_path / f"worker{i}.log", models=["tiny"]))
+        first = start_on_a_free_pair(envs, workers, tmp_path)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and redis_client.zcard("moderation:workers:tiny") < 2:
             time.sleep(0.2)

@@ -6,6 +6,7 @@ when it shuts down, in Celery's own order (no signal handlers).
 - BatchTimerStep re-arms the batching task's flush timer after a reconnect.
 - StoreGateStep lets worker/store_gate.py pause and resume this consumer during a job-store outage.
 - ParkingStep runs worker/parking.py's reconciler, only on RabbitMQ.
+- PendingSweepStep runs worker/pending_sweep.py's sweep, only on RabbitMQ (on Redis, RedeliveryStep's does it).
 - LeaseStep (a worker step, not a consumer step: it keeps running while the consumer reconnects to the
   broker) renews the leases of the jobs this process is running (worker/leases.py).
 Each runs its loop in a thread of its own: the worker's shared timer also drives celery-batches'
@@ -23,6 +24,7 @@ from worker.deliveries import worker_name
 from worker.heartbeat import Heartbeat
 from worker.leases import LeaseKeeper
 from worker.parking import ParkingReconciler
+from worker.pending_sweep import PendingSweeper
 from worker.redelivery import RedeliverySweeper
 from worker.runtime import get_runtime
 from worker.store_gate import GATE
@@ -84,6 +86,14 @@ class ParkingStep(BackgroundServiceStep):
                                  runtime.settings.max_deliveries)
 
 
+class PendingSweepStep(BackgroundServiceStep):
+    def include_if(self, consumer):
+        return not is_redis_url(get_runtime().settings.broker_url)
+
+    def make_service(self, consumer) -> PendingSweeper:
+        return PendingSweeper(get_runtime().store.redis, consumer.hostname, _models())
+
+
 class BatchTimerStep(bootsteps.StartStopStep):
     """Re-arms celery-batches' flush timer each time the consumer (re)connects (worker/tasks.py)."""
 
@@ -133,6 +143,7 @@ def _end_outage_waits(**_) -> None:
 
 
 def install(app) -> None:
-    app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, ParkingStep, BatchTimerStep, StoreGateStep])
+    app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, ParkingStep, PendingSweepStep, BatchTimerStep,
+                                  StoreGateStep])
     app.steps["worker"].add(LeaseStep)
     signals.worker_shutting_down.connect(_end_outage_waits, weak=False)

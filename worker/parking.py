@@ -6,10 +6,12 @@ queue, including those of innocent messages a killed worker had prefetched, so t
 not the job's: the worker's own count of deaths (worker/deliveries.py) decides. Every SWEEP_INTERVAL
 one worker (a lock in the job store) reads each parking queue:
 - a finished, canceled or expired job: the parked copy is dropped (acknowledged);
-- a job with MAX_DELIVERIES deaths or more: failed with the poison error, then acknowledged;
+- a job with MAX_DELIVERIES deaths or more: failed with the poison error (counted once in
+  moderation_jobs_completed_total{status="failed"}, only if this call stored it), then acknowledged;
 - any other job: published again (a fresh message, delivery count 0, with publisher confirms), then
   the parked copy is acknowledged. A crash in between leaves the parked copy, so the worst case is a
   duplicate message, which the worker skips or runs once (shared/jobs.py: claim).
+Each sweep that settles anything logs its counts ("parked messages settled: republished=N failed=N dropped=N").
 Also declares the parking exchange and queues at start, so the first dead-letter has somewhere to go
 (with at-least-once dead-lettering RabbitMQ keeps a message in its queue until it can be routed).
 """
@@ -23,8 +25,9 @@ from celery import Celery
 from kombu import Connection
 
 from shared.celery_app import parking_queue
-from shared.jobs import JobStore
+from shared.jobs import FAILED, JobStore
 from shared.queues import publish_job, queue_for_model
+from worker import metrics
 from worker.background import BackgroundThread
 from worker.deliveries import DeliveryCounter, poison_error
 
@@ -48,8 +51,11 @@ def reconcile_parked(connection: Connection, store: JobStore, deliveries: Delive
             if message is None:
                 break
             done[_settle(message, store, deliveries, celery, model, max_deliveries)] += 1
-    if done["republished"] or done["failed"]:
-        log.warning("parked messages: %s", done)
+    if any(done.values()):
+        # One line per sweep that settled anything (tests/test_parking.py reads the counts from it).
+        log.log(logging.WARNING if done["republished"] or done["failed"] else logging.INFO,
+                "parked messages settled: republished=%d failed=%d dropped=%d",
+                done["republished"], done["failed"], done["dropped"])
     return done
 
 
@@ -63,8 +69,11 @@ def _settle(message, store: JobStore, deliveries: DeliveryCounter, celery: Celer
         return "dropped"
     [deaths] = deliveries.counts([job_id])
     if deaths >= max_deliveries:
-        store.finish_many([(job_id, None, poison_error(deaths))])
+        [stored] = store.finish_many([(job_id, None, poison_error(deaths))])
         message.ack()
+        if not stored:  # a worker finished it meanwhile: it counted it, and this copy was a spare
+            return "dropped"
+        metrics.JOBS_COMPLETED.labels(record.model or model, FAILED).inc()  # counted once, by the call that failed it
         return "failed"
     publish_job(celery, job_id, record.model or model, time.time())
     message.ack()

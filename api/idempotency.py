@@ -106,6 +106,8 @@ def claim() -> Claim | None:
         if stored is None:
             continue  # released (its submission failed) or expired since our SET: try again
         original = json.loads(stored)
+        if stored == value:  # our own SET went through and redis-py sent it again after a timeout
+            return Claim(job_id, replayed=False, redis_key=redis_key, value=value)
         if original["fingerprint"] != wanted:
             raise APIError(422, "idempotency_key_reused",
                            f"{HEADER} '{key}' was already used with a different request (body or endpoint) "

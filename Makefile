@@ -81,8 +81,9 @@ test: system-deps $(VENV)/.installed-dev helm
 	$(PY) -m scripts.rabbitmq ensure
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The fault matrix (tests/faults/): worker SIGKILL/SIGTERM, job store and broker refused or frozen for
-# 20 s, API restart, on both brokers, 300 jobs each; 6-10 minutes, so not part of `make test`.
+# The fault matrix (tests/faults/): worker SIGKILL/SIGTERM/SIGSTOP, job store and broker refused or frozen
+# for 20 s, store stalls, read-only, out of memory, broker connections closed, API restart, on both
+# brokers, 300 jobs each; 12-20 minutes, so not part of `make test`.
 test-faults: system-deps $(VENV)/.installed-dev
 	$(PY) -m scripts.rabbitmq ensure
 	MODERATION_FAULT_TESTS=1 $(PY) -m pytest tests/faults -s --timeout=1800 $(PYTEST_ARGS)

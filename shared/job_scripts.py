@@ -1,8 +1,8 @@
 """The job store's Lua scripts (shared/jobs.py runs them): each step of a job's life is one atomic call.
 
-Every script is safe to run twice with the same arguments, because redis-py sends a command again after
-a socket timeout (its default retry, kept by shared/redis_client.py) and the first call may already
-have run on a server that stalled: a retried create finds its record and writes nothing, a retried
+Every script is safe to run twice with the same arguments, because the worker's client sends a command
+again after a socket timeout (shared/redis_client.py) and the first call may already have run on a
+server that stalled: a retried create finds its record and writes nothing, a retried
 finish or requeue by the same owner answers as the first did, a retried claim by the same worker finds
 the job already under its own lease.
 

@@ -168,7 +168,7 @@ def test_renewal_keeps_a_lease_and_a_release_frees_it_without_a_death(store, red
 
 
 def test_every_store_step_run_twice_does_what_it_did_once(store, redis_client):
-    """redis-py sends a command again after a socket timeout, and the first may have run (a stalled store):
+    """The worker's client sends a command again after a socket timeout, and the first may have run (a stalled store):
     a second create writes nothing, a second finish and requeue by the same claim answer as the first."""
     record = new_record(store)
     [claim] = store.claim([record.job_id], "worker-a")

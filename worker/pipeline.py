@@ -179,7 +179,7 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> BatchReport:
     try:
         _process_jobs(runtime, mine, outcomes, report)
     except redis.RedisError as exc:
-        # Refused, timed out past redis-py's retries, or a write refused (READONLY, MISCONF, OOM): no job's
+        # Refused, timed out past the client's retries, or a write refused (READONLY, MISCONF, OOM): no job's
         # fault. The whole batch runs again here once the store takes writes (worker/tasks.py); every step
         # of it is idempotent (shared/job_scripts.py), so what already went through is not done twice.
         log.warning("the job store failed mid-batch (%s: %s); the batch will run again", type(exc).__name__, exc)

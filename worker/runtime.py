@@ -14,7 +14,7 @@ from shared import __version__
 from shared.config import Settings
 from shared.jobs import JobStore
 from shared.model_registry import ModelSpec, build_spec
-from shared.redis_client import make_redis
+from shared.redis_client import WORKER_RETRIES, make_redis
 from worker import metrics
 from worker.cache import ScoreCache
 from worker.deliveries import DeliveryCounter
@@ -74,7 +74,7 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
     """Load every model this worker serves; raises ModelLoadError on a bad MODEL_PATH. The runtime's
     settings carry the resolved WORKER_CONCURRENCY (batch_concurrency), which the Celery worker uses."""
     global _runtime
-    client = make_redis(settings)
+    client = make_redis(settings, retries=WORKER_RETRIES)  # shared/redis_client.py: why the worker retries
     served = {}
     concurrency = batch_concurrency(settings, pick_device(settings.device))
     settings = replace(settings, worker_concurrency=concurrency)

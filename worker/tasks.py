@@ -32,7 +32,7 @@ from worker.store_gate import GATE
 
 # A job another live worker holds (shared/jobs.py: its lease) is tried again after this long.
 DEFER_SECONDS = 2.0
-# A batch the store failed while it takes writes (a stall past redis-py's retries) runs again this often.
+# A batch the store failed while it takes writes (a stall past the client's retries) runs again this often.
 STORE_RETRIES = 5
 STORE_RETRY_PAUSE = 0.5
 
@@ -137,7 +137,7 @@ class AckStoredBatches(Batches):
                     log.error("the job store failed this batch %d times while it takes writes; requeueing it",
                               failures)
                     return BatchReport()
-                time.sleep(STORE_RETRY_PAUSE)  # a short stall (redis-py's retries ran out): run it again
+                time.sleep(STORE_RETRY_PAUSE)  # a stall past the client's retries: run it again
                 continue
             if not GATE.hold_until_store_answers(store_answers):
                 # Shutting down during the outage: leave the messages unacknowledged for the broker to redeliver.

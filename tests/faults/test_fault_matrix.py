@@ -1,20 +1,31 @@
 """The fault matrix: each fault x each broker, a few hundred jobs in flight; every accepted job finishes once.
 
 Faults: worker SIGKILL (restarted at once, as a supervisor does), worker SIGTERM (then a new worker), job
-store refused 20 s (a proxy that refuses and cuts connections), job store frozen 20 s (SIGSTOP of its
-private redis-server), broker refused 20 s, broker frozen 20 s (Redis: SIGSTOP of the private broker
-redis-server; RabbitMQ: the proxy stops forwarding without closing, never the machine's RabbitMQ), API
-restart (SIGTERM and a new API while clients keep submitting). Brokers: RabbitMQ (a private vhost behind
-a proxy) and the Redis transport on a separate broker Redis (so a store fault and a broker fault are
-different faults; with one Redis they are the same, tests/test_redis_outage.py).
+store refused 20 s (a proxy that refuses and cuts connections), job store frozen 20 s (SIGSTOP of its private
+redis-server), job store stalls (SIGSTOP 1.5 s, three times 2 s apart: past the 1 s socket timeout, so a
+script the stalled server runs when it thaws is sent again), job store read-only 20 s (REPLICAOF a port where
+nothing listens, then REPLICAOF NO ONE: a failover demoting it and promoting it back, data kept), job store
+out of memory 20 s (maxmemory just under its used memory, noeviction: writes refused with OOM, then maxmemory
+0), broker refused 20 s, broker frozen 20 s (Redis: SIGSTOP of the private broker redis-server; RabbitMQ: the
+proxy stops forwarding without closing, never the machine's RabbitMQ), broker connections closed (RabbitMQ:
+rabbitmqctl close_all_connections in the case's vhost; Redis: CLIENT KILL TYPE normal on the broker's
+redis-server; then clients submit 20 more jobs, so the API must have reconnected too), worker SIGSTOP 30 s
+(past its 10 s lease) with a second worker started at once, then SIGCONT (Redis: the stalled worker's messages
+come back to the second one after VISIBILITY_TIMEOUT, which takes the jobs over, and the first one's late
+finishes are refused by fencing; RabbitMQ: they stay with the stalled consumer and finish after SIGCONT), API
+restart (SIGTERM and a new API while clients keep submitting). Brokers: RabbitMQ (a private vhost behind a
+proxy) and the Redis transport on a separate broker Redis (so a store fault and a broker fault are different
+faults; with one Redis they are the same, tests/test_redis_outage.py).
 
 For each case: no job lost (all accepted jobs finished), none failed, none stored twice (each job's
-done message, published by the finish script only when it stores, is seen exactly once) and none
+done message, published by the finish script only when it stores the job, is seen exactly once) and none
 counted twice (the workers' moderation_jobs_completed_total, sampled until each worker exits, adds
-up to at most the jobs stored, and exactly to them when no worker died). The table is printed and written
-to var/fault-matrix/report.json; docs/reliability.md records a run.
+up to at most the jobs stored, and exactly to them when no worker died: also with a worker SIGSTOPped,
+which lives on). The jobs taken over from a worker (a death counted in their deliveries hash) are reported;
+none may have more than one. The table is printed and written to var/fault-matrix/report.json;
+docs/reliability.md records a run. Each case prints where its logs are (the API's, workers', servers').
 
-Run by `make test-faults` (MODERATION_FAULT_TESTS=1): 6 to 10 minutes, so not part of `make test`.
+Run by `make test-faults` (MODERATION_FAULT_TESTS=1): 12 to 20 minutes, so not part of `make test`.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import requests
 from scripts import rabbitmq
 from scripts.launch import ROOT
 from shared import metrics as names
-from shared.jobs import DONE_SUFFIX, KEY_PREFIX, JobStore
+from shared.jobs import DELIVERIES_PREFIX, DONE_SUFFIX, KEY_PREFIX, JobStore
 from tests.scrape import metric, worker_samples
 from tests.support import (
     RabbitVhost,
@@ -52,13 +63,20 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.skipif(os.environ.get("MODERATION_FAULT_TESTS") != "1",
-                                reason="the fault matrix (6-10 min): run by `make test-faults`")
+                                reason="the fault matrix (12-20 min): run by `make test-faults`")
 
 MODEL = "tiny"
 JOBS = 300
 FAULT_SECONDS = 20
-FAULTS = ["worker-sigkill", "worker-sigterm", "store-refused", "store-frozen", "broker-refused",
-          "broker-frozen", "api-restart"]
+# store-stalls: each past the store client's 1 s socket timeout (a call in flight times out, and the server runs
+# it when it thaws); the worker's client sends it again (shared/redis_client.py), the API's answers 503.
+STALLS, STALL_SECONDS, STALL_GAP = 3, 1.5, 2.0
+OOM_MARGIN = 128 * 1024  # store-oom: maxmemory this far under the store's used memory (some 2 MiB here)
+SIGSTOP_SECONDS = 30  # worker-sigstop: past the worker's lease (shared/jobs.py LEASE_SECONDS = 10)
+JOBS_AFTER_RECONNECT = 20  # broker-connections-closed: submitted once the connections are closed
+FAULTS = ["worker-sigkill", "worker-sigterm", "store-refused", "store-frozen", "store-stalls", "store-readonly",
+          "store-oom", "broker-refused", "broker-frozen", "broker-connections-closed", "worker-sigstop",
+          "api-restart"]
 REPORT = ROOT / "var" / "fault-matrix" / "report.json"
 ROWS: list[dict] = []
 
@@ -70,7 +88,7 @@ def stack(request, tiny_multilabel_model, tmp_path_factory):
         store = cleanup.enter_context(RedisServer(logs / "store").start())
         store_proxy = TcpProxy(store.port).start()
         cleanup.callback(store_proxy.stop)
-        broker_server = None
+        broker_server = vhost = None
         if kind == "redis":
             broker_server = cleanup.enter_context(RedisServer(logs / "broker").start())
             broker_proxy = TcpProxy(broker_server.port).start()
@@ -85,7 +103,7 @@ def stack(request, tiny_multilabel_model, tmp_path_factory):
                        DEFAULT_MODEL=MODEL, CELERY_BROKER_URL=broker_url, BATCH_MAX_TEXTS="4",
                        BATCH_MAX_WAIT_MS="20", VISIBILITY_TIMEOUT="10")
         stack = SimpleNamespace(kind=kind, env=env, logs=logs, store=store, store_proxy=store_proxy,
-                                broker_server=broker_server, broker_proxy=broker_proxy,
+                                broker_server=broker_server, broker_proxy=broker_proxy, vhost=vhost,
                                 api=start_api(env, logs / "api-0.log"), records=JobStore(store.client(), 3600),
                                 apis=1, workers=0)
         cleanup.callback(lambda: stack.api.stop())  # the API of the moment (api-restart replaces it)
@@ -98,10 +116,11 @@ def report():
     if ROWS:
         REPORT.parent.mkdir(parents=True, exist_ok=True)
         REPORT.write_text(json.dumps(ROWS, indent=1))
-        print("\n\n| fault | broker | jobs | lost | duplicated | failed | drain time |\n|---|---|---|---|---|---|---|")
+        print("\n\n| fault | broker | jobs | lost | duplicated | failed | taken over | drain time |\n"
+              "|---|---|---|---|---|---|---|---|")
         for row in ROWS:
             print(f"| {row['fault']} | {row['broker']} | {row['jobs']} | {row['lost']} | {row['duplicated']} | "
-                  f"{row['failed']} | {row['drain_seconds']:.1f} s |")
+                  f"{row['failed']} | {row['taken_over']} | {row['drain_seconds']:.1f} s |")
 
 
 class Workers:
@@ -202,8 +221,17 @@ def unfinished(stack, job_ids: list[str]) -> int:
     return sum(status not in ("succeeded", "failed", "canceled") for status, _ in stack.records.states(job_ids))
 
 
+def deaths(stack, job_ids: list[str]) -> list[int]:
+    """Each job's counted deaths (a worker's expired lease taken over after it handed the job to the model)."""
+    pipe = stack.store.client().pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(DELIVERIES_PREFIX + job_id, "deaths")
+    return [int(value or 0) for value in pipe.execute()]
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 def test_every_accepted_job_finishes_once(stack, fault):
+    print(f"\n[fault matrix] {fault} on {stack.kind}: logs (API, workers, store and broker servers) in {stack.logs}")
     done = DoneMessages(stack.store.url)
     workers = Workers(stack)
     died = fault in ("worker-sigkill", "worker-sigterm")
@@ -216,7 +244,7 @@ def test_every_accepted_job_finishes_once(stack, fault):
             wait_until(lambda: unfinished(stack, job_ids) <= JOBS - 20, timeout=120, interval=0.02,
                        what="the worker to finish its first jobs")
             fault_started = time.monotonic()
-            apply(stack, workers, fault)
+            job_ids += apply(stack, workers, fault)
         try:
             wait_until(lambda: unfinished(stack, job_ids) == 0, timeout=240, interval=0.25,
                        what="every accepted job to finish")
@@ -229,6 +257,7 @@ def test_every_accepted_job_finishes_once(stack, fault):
         # Every job stored during the case, accepted or not (a client whose connection an API restart cut may
         # never see the 202 of a job the API did accept): each must be stored once and counted once.
         stored = len(done.counts)
+        job_deaths = deaths(stack, job_ids)
         counted = workers.close(expected=0 if died else stored)
     finally:
         done.close()
@@ -237,15 +266,19 @@ def test_every_accepted_job_finishes_once(stack, fault):
            "lost": sum(s not in ("succeeded", "failed") for s in statuses), "failed": statuses.count("failed"),
            "duplicated": sum(n > 1 for n in done.counts.values()) + max(0, int(counted) - stored),
            "counted": int(counted), "stored": stored, "unseen_by_client": len(set(done.counts) - set(job_ids)),
+           "taken_over": sum(n > 0 for n in job_deaths), "most_deaths": max(job_deaths, default=0),
            "drain_seconds": round(drain, 1), "workers": len(workers.procs)}
     ROWS.append(row)
     print(f"\n[fault matrix] {row}")
     assert row["lost"] == 0 and row["failed"] == 0 and row["duplicated"] == 0, row
-    if not died:  # every worker lived to the end: its counter is exact
+    if not died:  # every worker lived to the end (a SIGSTOPped one too): its counter is exact
         assert counted == stored, row
+    # A job taken over counts one death (the worker that held it stopped renewing its lease), never more.
+    assert row["most_deaths"] <= 1, row
 
 
-def apply(stack, workers: Workers, fault: str) -> None:
+def apply(stack, workers: Workers, fault: str) -> list[str]:
+    """Apply `fault` (returns once it is over); returns the ids of jobs accepted during or after it, if any."""
     if fault == "worker-sigkill":
         workers.current.signal_group(signal.SIGKILL)
         workers.start()  # restarted at once, as `make run` / Compose would
@@ -254,6 +287,18 @@ def apply(stack, workers: Workers, fault: str) -> None:
         old.signal_group(signal.SIGTERM)
         wait_until(lambda: not old.alive(), timeout=60, what="the worker's warm shutdown")
         workers.start()
+    elif fault == "worker-sigstop":
+        stall_the_worker(workers)
+    elif fault == "store-stalls":
+        stall(stack.store)
+    elif fault == "store-readonly":
+        demote_the_store(stack.store)
+    elif fault == "store-oom":
+        fill_the_store(stack.store)
+    elif fault == "broker-connections-closed":
+        close_broker_connections(stack)
+        # The API's broker connections were closed too: it must publish again (a 503 is retried, as clients do).
+        return submit_accepted(stack.api.url, distinct_texts(JOBS_AFTER_RECONNECT, f"{fault} {stack.kind} after"))
     else:
         target = fault.split("-")[0]
         start, end = outage(stack, target, fault.endswith("frozen"))
@@ -262,6 +307,90 @@ def apply(stack, workers: Workers, fault: str) -> None:
             time.sleep(FAULT_SECONDS)  # the fault's length
         finally:
             end()
+    return []
+
+
+def stall_the_worker(workers: Workers) -> None:
+    """SIGSTOP the worker past its lease while a second one starts at once; then SIGCONT: both live on."""
+    old, stopped = workers.current, time.monotonic()
+    old.signal_group(signal.SIGSTOP)
+    try:
+        workers.start()
+        time.sleep(max(0.0, SIGSTOP_SECONDS - (time.monotonic() - stopped)))
+    finally:
+        old.signal_group(signal.SIGCONT)
+    print(f"[fault matrix] worker {old.process.pid} stopped for {time.monotonic() - stopped:.1f}s")
+
+
+def stall(server) -> None:
+    """SIGSTOP the redis-server for STALL_SECONDS, STALLS times, STALL_GAP apart."""
+    for i in range(STALLS):
+        if i:
+            time.sleep(STALL_GAP)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(STALL_SECONDS)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+
+
+def refused_write(client: redis.Redis) -> str | None:
+    """The store's refusal of a write now (its error), or None if the write went through."""
+    try:
+        client.set("fault-matrix:probe", time.time(), ex=60)
+    except redis.ResponseError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def demote_the_store(server) -> None:
+    """A failover demoting the store and promoting it back: a replica of a master that never answers (it keeps
+    its data and serves reads, refuses writes with READONLY) for FAULT_SECONDS, then REPLICAOF NO ONE."""
+    client = server.client()
+    client.replicaof("127.0.0.1", free_port())  # nothing listens there
+    try:
+        refusal = refused_write(client)
+        assert refusal and "ReadOnly" in refusal, f"the demoted store took a write ({refusal})"
+        time.sleep(FAULT_SECONDS)
+    finally:
+        client.replicaof("NO", "ONE")
+    assert refused_write(client) is None, "the store still refuses writes after REPLICAOF NO ONE"
+
+
+def fill_the_store(server) -> None:
+    """The store at maxmemory (noeviction) for FAULT_SECONDS: writes refused with OOM, reads served. maxmemory is
+    set just under its used memory (OOM_MARGIN: clients' buffers move it by some 20 KiB either way, and at
+    exactly the used memory about half the writes went through); should a write go through all the same,
+    it is set again just under the used memory then."""
+    client = server.client()
+
+    def full() -> None:
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - OOM_MARGIN)
+    client.config_set("maxmemory-policy", "noeviction")
+    full()
+    probes = leaks = 0
+    try:
+        refusal = refused_write(client)
+        assert refusal and "OutOfMemory" in refusal, f"the full store took a write ({refusal})"
+        deadline = time.monotonic() + FAULT_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            probes += 1
+            if refused_write(client) is None:
+                leaks += 1
+                full()
+    finally:
+        client.config_set("maxmemory", 0)
+    print(f"[fault matrix] store-oom: {leaks} of {probes} probe writes went through (maxmemory set again each time)")
+
+
+def close_broker_connections(stack) -> None:
+    """Every broker connection of the case's clients (workers, API) closed by the broker itself, mid-batch."""
+    if stack.vhost is None:  # the Redis transport: its private broker redis-server, not through the proxy
+        killed = stack.broker_server.client().client_kill_filter(_type="normal")
+    else:  # only this case's vhost, never the machine's other connections
+        killed = RabbitVhost._ctl("close_all_connections", "-p", stack.vhost.name, "fault matrix").strip()
+    print(f"[fault matrix] broker connections closed: {killed}")
 
 
 def outage(stack, target: str, frozen: bool):

@@ -76,7 +76,7 @@ def openai_duration(seconds: float) -> str:
     """OpenAI's reset format: "250ms", "1s", "1.5s", "6m0s", "1h2m3s"."""
     if seconds < 1:
         return f"{max(0, round(seconds * 1000))}ms"
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{round(seconds, 1):g}s"
     whole = round(seconds)
     hours, rest = divmod(whole, 3600)

@@ -1,6 +1,6 @@
 """POST /v1/moderations: OpenAI-compatible, synchronous on top of the same job queue.
 
-Answers in OpenAI's shape (README "OpenAI compatibility"): `id` is "modr-" + the job id, `model` the
+Answers in OpenAI's shape (docs/api.md "OpenAI compatibility"): `id` is "modr-" + the job id, `model` the
 served model's id, and every result lists all of OpenAI's categories.
 """
 

@@ -48,7 +48,7 @@ class JobAccepted(BaseModel):
 
 # OpenAI's moderation categories (omni models). /v1/moderations answers every one of them, so code
 # written for OpenAI's SDK finds each field; those the model lacks are false, 0.0 and applied to no
-# input type ([]). README "OpenAI compatibility" maps the bundled model's labels onto them.
+# input type ([]). docs/api.md "OpenAI compatibility" maps the bundled model's labels onto them.
 OPENAI_CATEGORIES = (
     "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
     "self-harm", "self-harm/instructions", "self-harm/intent", "sexual", "sexual/minors", "violence",

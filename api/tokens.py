@@ -2,7 +2,7 @@
 
 A request is refused with 413 before anything is queued when one text holds more than MAX_TEXT_TOKENS
 tokens or all its texts together more than MAX_REQUEST_TOKENS, as text-embeddings-inference refuses
-inputs past --max-input-length: so no request can cost a worker more than a few seconds (README
+inputs past --max-input-length: so no request can cost a worker more than a few seconds (docs/api.md
 "Limits"). The count is the worker's: content tokens without the special tokens around them, the
 tokens the worker reads windows from (worker/inference.py). The counts go into the job record, where
 the worker plans its slices from them (worker/slices.py), and the per-minute token budget is charged

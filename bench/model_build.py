@@ -1,7 +1,7 @@
 """`python -m bench.model_build`: how long `python -m model.build` takes from a clean folder (a fresh
 process, as `make model` and the worker image build run it), and a no-op rebuild of the same folder.
 
-Prints figures; the speed goal (a few seconds; README: "in a few seconds") is judged here, not asserted
+Prints figures; the speed goal (a few seconds; docs/model.md: "in a few seconds") is judged here, not asserted
 in tests/test_model_build.py.
 """
 

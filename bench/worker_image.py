@@ -1,4 +1,4 @@
-"""Worker image size, pull-free start-to-ready and first-job latency, per image (README "Kubernetes").
+"""Worker image size, pull-free start-to-ready and first-job latency, per image (docs/deployment.md "Kubernetes").
 
     python -m bench.worker_image moderation-worker:before moderation-worker:latest [--runs 3]
 

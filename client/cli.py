@@ -36,7 +36,7 @@ from client.rows import FORMATS, InputError, detect_format, load_results, read_r
 # summary), or `status` found the service not ready; 2: bad usage or input, or a request the service
 # refused (API key, model); 3: the service is unreachable or failing (the run stopped: run it again).
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-# Errors that are the service's fault, not the caller's: what README calls "the service failed".
+# Errors that are the service's fault, not the caller's: what docs/clients.md calls "the service itself fails".
 SERVICE_FAILURES = (ServiceUnreachableError, ServerError, RateLimitedError, JobTimeoutError)
 
 

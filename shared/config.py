@@ -1,6 +1,6 @@
 """All configuration, read once from the environment (12-factor style).
 
-Every variable, its default and its meaning is listed in README.md; keep the two in step.
+Every variable, its default and its meaning is listed in docs/configuration.md; keep the two in step.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ BUNDLED_MODEL_PATH = PROJECT_ROOT / "build" / "moderation-minilm"
 DEFAULT_ENGINE_CACHE_DIR = str(PROJECT_ROOT / "var" / "engine-cache")
 # Tokens one text may hold (the served model's tokenizer, counted by the API; a longer text is refused
 # with 413, and the worker never reads past it): more than the default MAX_TEXT_CHARS of English holds
-# (~5,000); a text of one token per character is refused instead of read for ~2.5 s. README "Limits".
+# (~5,000); a text of one token per character is refused instead of read for ~2.5 s. docs/api.md "Limits".
 DEFAULT_MAX_TEXT_TOKENS = 8192
 # Tokens one request may hold, all texts together: ~5 s of a 2-core CPU worker (about 3,000 tokens/s
 # per core for long texts, each read ~3 times in overlapping windows), as much as OpenAI's moderation
-# takes in one input. Past it: 413. README "Limits" has the reasoning.
+# takes in one input. Past it: 413. docs/api.md "Limits" has the reasoning.
 DEFAULT_MAX_REQUEST_TOKENS = 32768
 # Tokens per minute per key (flask-limiter syntax), counted as MAX_REQUEST_TOKENS is: about a third of
 # what one 2-core CPU worker reads in a minute, so one key alone cannot queue more than a worker serves.
@@ -37,7 +37,7 @@ DEFAULT_SLICE_TOKENS = 2048
 DEFAULT_JOB_TIMEOUT = 600.0
 ENGINES = ("auto", "torch", "onnx")
 QUANTIZE_MODES = ("", "int8", "none")  # "": int8 on CPU, fp16 on CUDA
-# Per API key (or client IP) over all limited endpoints; RATE_LIMITER=off disables it. See README.
+# Per API key (or client IP) over all limited endpoints; RATE_LIMITER=off disables it. See docs/api.md.
 DEFAULT_RATE_LIMITER = "3000/minute"
 # Reads (GET: polling jobs, /models, /queue) have their own budget, so polling never eats submissions.
 DEFAULT_READ_RATE_LIMITER = "12000/minute"

@@ -1,4 +1,4 @@
-"""The Helm chart, checked offline for every environment (deploy/helm/moderation/, README "Kubernetes").
+"""The Helm chart, checked offline for every environment (deploy/helm/moderation/, docs/deployment.md "Kubernetes").
 
 - `helm lint --strict` and `helm template` with each values-<env>.yaml (a real helm: scripts/helm.sh).
 - Every rendered object against a schema: core kinds with kubernetes-validate (strict, the oldest
@@ -197,7 +197,7 @@ def test_every_configmap_key_is_a_setting_the_code_reads(environment, docs):
 
 def test_every_app_container_starts_with_valid_settings(environment, docs):
     config, secret = configmap_data(docs), secret_data(docs)
-    if not secret:  # an existing Secret: the keys README "Kubernetes" lists
+    if not secret:  # an existing Secret: the keys docs/deployment.md "Kubernetes" lists
         secret = {"REDIS_URL": "redis://redis:6379/0", "API_KEYS": "k", "WEBHOOK_SECRET": "s"}
     for deployment in of_kind(docs, "Deployment"):
         for container in containers(deployment):

@@ -7,7 +7,7 @@ submitted through the API wait exactly where the rendered KEDA trigger looks.
   with a passive queue declare) is N.
 Then a consumer takes K messages without acknowledging them, as a worker's prefetch does: the
 trigger's count drops to N - K on both brokers (Redis moves them to the `unacked` hash, RabbitMQ counts
-them as unacknowledged). README "Kubernetes" says what that means for scaling down.
+them as unacknowledged). docs/deployment.md "Kubernetes" says what that means for scaling down.
 """
 
 from __future__ import annotations

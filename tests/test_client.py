@@ -321,7 +321,7 @@ def test_status_when_the_service_is_not_ready(stack):
 def test_unreachable_service_and_unknown_model_stop_with_a_message(stack, tmp_path):
     source = tmp_path / "a.txt"
     source.write_text("hello\n")
-    # Unreachable: 3 (the service failed; resume later), whichever command, as README says.
+    # Unreachable: 3 (the service failed; resume later), whichever command, as docs/clients.md says.
     for command in (["check", "hello"], ["status"], ["moderate", str(source), "--no-progress"]):
         run = moderation({**stack, "api": "http://127.0.0.1:9"}, "--max-retries", "1", *command)
         assert run.returncode == 3 and "127.0.0.1:9" in run.stderr, (command, run.returncode, run.stderr)

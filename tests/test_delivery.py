@@ -156,7 +156,7 @@ def test_a_model_that_fails_to_load_exits_3_and_readyz_stays_503(stack, tmp_path
             assert requests.get(stack.api.url + "/readyz", timeout=5).status_code == 503
             time.sleep(0.2)
         code = proc.process.wait(120)
-    assert code == EXIT_MODEL_LOAD_ERROR == 3, proc.log_tail()  # README: "exits with code 3"
+    assert code == EXIT_MODEL_LOAD_ERROR == 3, proc.log_tail()  # docs/reliability.md: "exits with code 3"
     assert f"model failed to load, exiting: cannot load a text-classification model from '{empty}'" \
         in proc.log_tail(), proc.log_tail()
     ready = requests.get(stack.api.url + "/readyz", timeout=5)

@@ -40,7 +40,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 # Metrics of the other exporters that the dashboards and rules may use. Small on purpose: add a
 # name here only after checking the exporter's documentation.
-# danihodovic/celery-exporter, README "Metrics" table (celery_task_runtime is a histogram).
+# danihodovic/celery-exporter, docs/deployment.md "Metrics" table (celery_task_runtime is a histogram).
 CELERY_EXPORTER_METRICS = frozenset({
     "celery_task_sent_total", "celery_task_received_total", "celery_task_started_total",
     "celery_task_succeeded_total", "celery_task_failed_total", "celery_task_rejected_total",

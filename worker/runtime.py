@@ -51,7 +51,7 @@ def batch_concurrency(settings: Settings, device: str) -> int:
     on CPU as many as this process's share of the CPU quota holds passes of TORCH_THREADS threads (one
     thread when unset). Live traffic comes in small passes (about 8 texts), where two passes on one
     thread each waste less than one pass split over two threads: on 2 cores with 32 clients, 2 x 1
-    served 344 single-text jobs/s where 1 x 2 served 280-293 (docs/throughput in the README)."""
+    served 344 single-text jobs/s where 1 x 2 served 280-293 (docs/model.md, "Throughput and batching")."""
     if settings.worker_concurrency:
         return settings.worker_concurrency
     if device != "cpu":

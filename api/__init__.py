@@ -31,7 +31,7 @@ from shared.config import Settings, get_settings
 from shared.jobs import JobStore
 from shared.model_registry import load_specs
 from shared.queues import capture_producer
-from shared.redis_client import make_redis
+from shared.redis_client import check_broker_outside_cluster, make_redis
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
 
+    check_broker_outside_cluster(settings)  # REDIS_CLUSTER: a Redis broker must not be a cluster node
     client = make_redis(settings)
     celery = make_celery(settings)
     if is_redis_url(settings.broker_url):
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["moderation"] = Services(
         settings=settings,
         redis=client,
-        store=JobStore(client, settings.result_ttl),
+        store=JobStore.from_settings(client, settings),
         celery=celery,
         queues=queues,
         completions=CompletionListener(client),

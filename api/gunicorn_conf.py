@@ -8,14 +8,16 @@ import os
 import shutil
 import tempfile
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
+# Read here, not by shared/config.py (gunicorn loads this file before the app exists); docs/configuration.md
+# lists them with the rest. Empty counts as unset, as it does for every setting (compose passes empties).
+bind = f"{os.environ.get('HOST') or '0.0.0.0'}:{os.environ.get('PORT') or '5000'}"
 worker_class = "gthread"
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+workers = int(os.environ.get("GUNICORN_WORKERS") or "2")
+threads = int(os.environ.get("GUNICORN_THREADS") or "32")
 graceful_timeout = 35
 timeout = 60
 keepalive = 5
-accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None  # a file, or "-" for stdout; unset: none
 errorlog = "-"
 
 # Multiprocess metrics: each worker writes samples here; must be set before prometheus_client loads.

@@ -23,7 +23,7 @@ from flask import g, request
 
 from api.errors import APIError
 from api.extensions import services
-from shared.jobs import JobRecord, job_key, new_job_id
+from shared.jobs import JobRecord, new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,9 @@ def release(found: Claim | None) -> None:
     if found is None or found.replayed:
         return
     try:
-        client = services().redis
-        if not client.exists(job_key(found.job_id)):
-            client.eval(_RELEASE_SCRIPT, 1, found.redis_key, found.value)
+        svc = services()
+        if not svc.store.exists(found.job_id):
+            svc.redis.eval(_RELEASE_SCRIPT, 1, found.redis_key, found.value)
     except redis.RedisError as exc:  # it expires, or the next request takes it over after IN_FLIGHT_GRACE
         log.warning("could not release %s reservation for job %s: %s", HEADER, found.job_id, exc)
 

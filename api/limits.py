@@ -5,7 +5,9 @@ Two budgets per client, so a client that polls politely is never throttled by it
 reads (GET). Both use flask-limiter syntax (e.g. "60/minute;1000/hour") and count per API key when
 keys are on (only a configured key gets its own budget, so made-up keys cannot dodge the limit),
 else per client IP (X-Forwarded-For is believed only through TRUSTED_PROXIES hops, see create_app).
-When the limiter's Redis is down, limits fall back to each process's memory (in_memory_fallback)
+On a Redis Cluster (REDIS_CLUSTER) the counters go to the cluster through `limits`' own cluster storage
+(shared/redis_client.py: limiter_storage_url); each counter is one key, so it lives on whichever master
+holds its slot. When the limiter's Redis is down, limits fall back to each process's memory (in_memory_fallback)
 instead of refusing or failing requests: availability over exactness. Operations documented with
 rate_limited=False (health, readiness, metrics, the OpenAPI document, the web page's files) are exempt.
 
@@ -32,6 +34,7 @@ from api.errors import APIError
 from api.metrics import count_rejection, count_tokens
 from shared import metrics as names
 from shared.config import ConfigError, Settings
+from shared.redis_client import limiter_storage_url
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TOKEN_SCOPE = "moderation-limits/tokens"
@@ -88,7 +91,7 @@ class TokenBudget:
 
     def __init__(self, settings: Settings):
         self.strategy = MovingWindowRateLimiter(storage_from_string(
-            settings.rate_limit_storage_url or settings.redis_url, socket_timeout=settings.redis_socket_timeout,
+            limiter_storage_url(settings), socket_timeout=settings.redis_socket_timeout,
             socket_connect_timeout=settings.redis_socket_timeout))
         raw = settings.token_rate_limiter
         self.items: list[RateLimitItem] = [item for limit in parse_limits(raw, "TOKEN_RATE_LIMITER")
@@ -169,7 +172,7 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
         key_func=client_identity,
         app=app,
         application_limits=budgets,
-        storage_uri=settings.rate_limit_storage_url or settings.redis_url,
+        storage_uri=limiter_storage_url(settings),  # `limits`' redis+cluster:// form on a Redis Cluster
         storage_options={"socket_timeout": settings.redis_socket_timeout,
                          "socket_connect_timeout": settings.redis_socket_timeout},
         strategy="moving-window",

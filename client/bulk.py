@@ -30,6 +30,11 @@ class FatalError(Exception):
     stops, and re-running the same command resumes it."""
 
 
+class RefusedError(FatalError):
+    """The service refused the whole run (a bad API key, an unknown model): the caller's to fix, not
+    something running again later cures (the CLI exits 4 rather than 3)."""
+
+
 @dataclass
 class Tally:
     """What the closing summary reports, over every record in the results file."""
@@ -94,12 +99,12 @@ class BulkModerator:
             if not job.finished:
                 job = self.client.wait(job.job_id, timeout=self.job_timeout)
         except AuthenticationError as exc:
-            raise FatalError(f"the service refused the API key: {exc.message}") from exc
+            raise RefusedError(f"the service refused the API key: {exc.message}") from exc
         except RateLimitedError as exc:  # still throttled after the client's retries
             raise FatalError(f"still rate limited after {self.client.max_retries} retries: {exc.message}") from exc
         except ClientError as exc:
             if exc.code in FATAL_CODES:
-                raise FatalError(exc.message) from exc
+                raise RefusedError(exc.message) from exc
             if exc.code == "request_too_large" and len(rows) > 1:  # past MAX_REQUEST_TOKENS: halve the job
                 half = len(rows) // 2
                 return self._moderate(rows[:half]) + self._moderate(rows[half:])

@@ -13,15 +13,17 @@ import os
 import re
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm import tqdm
 
-from client.bulk import FatalError, Tally, moderate_rows
+from client.bulk import FatalError, RefusedError, Tally, moderate_rows
 from client.client import DEFAULT_URL, ModerationClient
 from client.errors import (
+    ClientError,
     JobFailedError,
     JobTimeoutError,
     ModerationError,
@@ -32,10 +34,24 @@ from client.errors import (
 from client.models import Models, ModerationResult
 from client.rows import FORMATS, InputError, detect_format, load_results, read_rows, record_key
 
-# 1: some rows of the output file failed (each with its error; rows from earlier runs count too, as in the
-# summary), or `status` found the service not ready; 2: bad usage or input, or a request the service
-# refused (API key, model); 3: the service is unreachable or failing (the run stopped: run it again).
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# Exit statuses. EXIT_STATUSES is the table docs/clients.md ("Exit status") shows, word for word
+# (tests/test_docs_drift.py checks it), and `moderation --help` prints it. 2 is argparse's own status for a
+# command line it refuses, so it means "bad usage" only: a request the service refuses is 4, a service that
+# fails is 3 (run again later), so a script can tell "fix the call" from "retry".
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_STATUSES = {
+    EXIT_OK: "success: every row moderated (`moderate`), every text moderated (`check`), the service ready "
+             "(`status`)",
+    EXIT_FAILURES: "`moderate`: some rows of the output file failed, each with its `error` (rows from earlier runs "
+                   "count too, as in the summary); `check`: a job failed; `status`: the service is not ready",
+    EXIT_USAGE: "bad usage, found before any request: arguments the command refuses, or an input file it cannot "
+                "read or use (a CSV column not in its header, duplicate ids, a format it cannot tell)",
+    EXIT_UNAVAILABLE: "the service is unreachable or failing: no answer, a 5xx, still 429 or 503 after the retries, "
+                      "a job past `--job-timeout`; run the same command again later (`moderate` resumes)",
+    EXIT_REFUSED: "the service refused the request: a missing or unknown API key, an unknown model, another 4xx "
+                  "for the whole request; fix the call, as running it again unchanged will not help",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); what `moderate` wrote stays, and the next run resumes",
+}
 # Errors that are the service's fault, not the caller's: what docs/clients.md calls "the service itself fails".
 SERVICE_FAILURES = (ServiceUnreachableError, ServerError, RateLimitedError, JobTimeoutError)
 
@@ -44,9 +60,18 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _exit_status_help() -> str:
+    lines = ["exit status:"]
+    for code, meaning in EXIT_STATUSES.items():
+        lines += textwrap.wrap(meaning.replace("`", ""), width=96, initial_indent=f"  {code:<5}",
+                               subsequent_indent=" " * 7)
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moderation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=os.environ.get("MODERATION_URL", DEFAULT_URL),
+    parser = argparse.ArgumentParser(prog="moderation", description=__doc__.split("\n\n")[0],
+                                     epilog=_exit_status_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=os.environ.get("MODERATION_URL") or DEFAULT_URL,
                         help="the service (env MODERATION_URL; default %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("MODERATION_API_KEY") or None,
                         help="Bearer API key (env MODERATION_API_KEY)")
@@ -158,7 +183,7 @@ def cmd_moderate(args: argparse.Namespace, client: ModerationClient) -> int:
     except KeyboardInterrupt:
         stopped, status = "INTERRUPTED", EXIT_INTERRUPTED
     except FatalError as exc:
-        stopped, status = f"STOPPED, {exc}", EXIT_STOPPED
+        stopped, status = f"STOPPED, {exc}", EXIT_REFUSED if isinstance(exc, RefusedError) else EXIT_UNAVAILABLE
     finally:
         progress.close()
         if out is not sys.stdout:
@@ -268,16 +293,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except FatalError as exc:
         print(f"moderation: stopped: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
+        return EXIT_REFUSED if isinstance(exc, RefusedError) else EXIT_UNAVAILABLE
     except SERVICE_FAILURES as exc:
         print(f"moderation: the service failed: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
+        return EXIT_UNAVAILABLE
     except JobFailedError as exc:
         print(f"moderation: {exc}", file=sys.stderr)
         return EXIT_FAILURES
-    except ModerationError as exc:
-        print(f"moderation: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except ClientError as exc:  # a 4xx other than 429: the request itself is refused
+        print(f"moderation: the service refused the request: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ModerationError as exc:  # an answer the client cannot use: the service misbehaves
+        print(f"moderation: the service failed: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

@@ -1,13 +1,14 @@
 # The inference worker: Celery + the bundled moderation model. Two final stages:
 #   cpu (the default, last stage): ONNX Runtime and the model exported to ONNX at build time; no
-#        torch in the image (about a fifth of the size; README "Kubernetes" has the figures).
+#        torch in the image (about a fifth of the size; docs/deployment.md "The lean CPU worker image"
+#        has the figures).
 #   gpu: torch (the CUDA build from plain PyPI), the model run by torch in fp16.
 #
 #   docker build -f docker/worker.Dockerfile -t moderation-worker .                       # CPU
 #   docker build -f docker/worker.Dockerfile --target gpu --build-arg TORCH_EXTRA_INDEX_URL= \
 #                -t moderation-worker-gpu .                                             # CUDA
 #
-# Build arguments (both Dockerfiles take the first two; see README "Running with Docker Compose"):
+# Build arguments (both Dockerfiles take the first two; docs/deployment.md, "Building the images without a registry"):
 #   PYTHON_IMAGE          the base image: python:3.11-slim, or any Debian 12 image (its python3,
 #                         3.11, is installed with apt when missing), e.g. a local debootstrap import
 #   BUILD_EXTRAS          a folder in the context with an optional pip CA bundle (ca.crt) and
@@ -54,7 +55,7 @@ COPY . /app
 RUN rm -rf /app/docker/build-extras
 
 # ---------------------------------------------------------------------------------------------
-# export: the bundled model exported to ONNX int8 with torch (the CPU engine's file, README
+# export: the bundled model exported to ONNX int8 with torch (the CPU engine's file, docs/model.md
 # "Inference engines"): in /opt/engine-cache for the gpu stage, and for the cpu stage, which has no
 # torch, the model folder less its weights (/opt/lean/models) with the same file under that
 # folder's key (/opt/lean/engine-cache): the weights are the ONNX file there.

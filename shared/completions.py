@@ -5,12 +5,20 @@ UNSUBSCRIBE per waiting request cost ~1 ms CPU per job in the API; instead one t
 holds a single PSUBSCRIBE to every done channel and sets the Event of whichever requests wait for
 that job. While that subscription is down (Redis outage, reconnect), waiters fall back to re-reading
 their record once a second, so a completion published meanwhile is never missed for long.
+
+On a Redis Cluster (shared/keyspace.py) completions use sharded pub/sub: the finish script SPUBLISHes
+"<job id> <record>" on its bucket's channel, which lives on the master holding the bucket's slot (a classic
+PUBLISH would be copied to every node of the cluster, which does not scale with it). The thread SSUBSCRIBEs
+every bucket's channel, with one connection per master (the slot map says which channels each one holds),
+and reads them all with one select(). Any error, or a channel the cluster moved away (Redis then unsubscribes
+it), tears the subscriptions down; the thread reads the slot map again and subscribes afresh.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections import defaultdict
@@ -18,12 +26,17 @@ from contextlib import contextmanager
 
 import redis
 
-from shared.jobs import DONE_SUFFIX, KEY_PREFIX
+from shared.keyspace import DONE_SUFFIX, KEY_PREFIX, keyspace_for
+from shared.redis_client import is_cluster
 
 log = logging.getLogger(__name__)
 
 DONE_PATTERN = f"{KEY_PREFIX}*{DONE_SUFFIX}"
 RECONNECT_SECONDS = 0.5
+
+
+class ChannelsMoved(redis.RedisError):
+    """The cluster unsubscribed a sharded channel (its slot moved): subscribe again from the new slot map."""
 
 
 class CompletionListener:
@@ -47,29 +60,70 @@ class CompletionListener:
                 self._thread.start()
 
     def _run(self) -> None:
+        listen = self._listen_sharded if is_cluster(self.client) else self._listen
+        again = False
         while True:
-            pubsub = self.client.pubsub()
+            pubsubs: list = []
             try:
-                pubsub.psubscribe(DONE_PATTERN)
-                while True:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message["type"] == "pmessage":
-                        self._wake(message["channel"][len(KEY_PREFIX):-len(DONE_SUFFIX)], message["data"])
-                    elif message["type"] == "psubscribe":
-                        self._subscribed_at = time.monotonic()
+                listen(pubsubs, again)
             except Exception as exc:  # noqa: BLE001 (the thread must outlive any error; waiters poll meanwhile)
                 if self._subscribed_at is not None:  # once per outage, not every reconnect attempt
                     log.warning("job completion listener: %s; reconnecting", exc)
                 self._subscribed_at = None
+                again = True
                 time.sleep(RECONNECT_SECONDS)
             finally:
                 self._subscribed_at = None
-                try:
-                    pubsub.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                for pubsub in pubsubs:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+
+    def _listen(self, pubsubs: list, again: bool) -> None:
+        """Plain Redis: one PSUBSCRIBE to every job's done channel."""
+        pubsub = self.client.pubsub()
+        pubsubs.append(pubsub)
+        pubsub.psubscribe(DONE_PATTERN)
+        while True:
+            message = pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            if message["type"] == "pmessage":
+                self._wake(message["channel"][len(KEY_PREFIX):-len(DONE_SUFFIX)], message["data"])
+            elif message["type"] == "psubscribe":
+                self._subscribed_at = time.monotonic()
+
+    def _listen_sharded(self, pubsubs: list, again: bool) -> None:
+        """Redis Cluster: SSUBSCRIBE to every bucket's channel, one connection per master that holds some."""
+        cluster = self.client
+        if again:
+            cluster.nodes_manager.initialize()  # after an error: the slot map may have changed (a failover)
+        by_node: dict[str, tuple] = {}
+        for channel in keyspace_for(cluster).done_channels():
+            node = cluster.get_node_from_key(channel)
+            by_node.setdefault(node.name, (node, []))[1].append(channel)
+        waiting: dict[int, int] = {}  # id(pubsub) -> subscriptions not yet confirmed
+        for node, channels in by_node.values():
+            pubsub = cluster.get_redis_connection(node).pubsub()
+            pubsubs.append(pubsub)
+            for channel in channels:  # one command each: a command's channels must share a slot
+                pubsub.ssubscribe(channel)
+            waiting[id(pubsub)] = len(channels)
+        while True:
+            for pubsub in pubsubs:  # everything already read off the sockets, then wait for more
+                while (message := pubsub.get_message(timeout=0)) is not None:
+                    kind = message["type"]
+                    if kind in ("smessage", "message"):
+                        job_id, _, data = message["data"].partition(" ")
+                        self._wake(job_id, data)
+                    elif kind == "ssubscribe":
+                        waiting[id(pubsub)] -= 1
+                        if not any(waiting.values()) and self._subscribed_at is None:
+                            self._subscribed_at = time.monotonic()
+                    elif kind == "sunsubscribe":
+                        raise ChannelsMoved(f"the cluster unsubscribed {message['channel']}")
+            select.select([pubsub.connection._sock for pubsub in pubsubs], [], [], 1.0)
 
     def _wake(self, job_id: str, message: str) -> None:
         with self._lock:

@@ -1,6 +1,9 @@
-"""All configuration, read once from the environment (12-factor style).
+"""The service's settings, read once from the environment (12-factor style).
 
-Every variable, its default and its meaning is listed in docs/configuration.md; keep the two in step.
+Every variable, its default and its meaning is listed in docs/configuration.md; keep the two in step
+(tests/test_docs_drift.py fails when they differ). A few variables are read outside this module, where a
+process starts: gunicorn's (api/gunicorn_conf.py), LOG_LEVEL, `make run`'s (scripts/), the CLI's; the
+doc's second table lists those.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shared.webhook_signing import global_keys
 
@@ -48,6 +52,32 @@ class ConfigError(ValueError):
     """A malformed environment variable; raised at start-up, never per request."""
 
 
+def redis_seed_nodes(url: str) -> list[tuple[str, int]]:
+    """(host, port) of each node REDIS_URL names: `redis://[user:pass@]host:port[/0]`, or with REDIS_CLUSTER
+    several seeds, comma-separated: `redis://a:7000,b:7001` or `redis://a:7000,redis://b:7001`."""
+    nodes = []
+    for part in _csv(url):
+        parsed = urlsplit(part if "://" in part else "redis://" + part)
+        try:
+            nodes.append((parsed.hostname or "127.0.0.1", parsed.port or 6379))
+        except ValueError as exc:
+            raise ConfigError(f"REDIS_URL: {part!r} is not host:port ({exc})") from None
+    return nodes
+
+
+def _cluster_broker_refusal(broker_url: str, seeds: list[tuple[str, int]]) -> str | None:
+    """Why CELERY_BROKER_URL cannot serve beside a Redis Cluster store, or None: kombu's Redis transport has no
+    cluster mode, so the broker is RabbitMQ or a separate, plain Redis (shared/redis_client.py checks at start
+    that a redis:// broker is no cluster node at all)."""
+    why = ("REDIS_CLUSTER=true: the job store is a Redis Cluster, and Celery's Redis transport (kombu) has no "
+           "cluster mode; set CELERY_BROKER_URL to RabbitMQ (amqp://...) or to a separate, non-cluster Redis")
+    if not broker_url:
+        return f"{why} (CELERY_BROKER_URL is unset, so the broker would be REDIS_URL)"
+    if broker_url.split("://", 1)[0] in ("redis", "rediss") and set(redis_seed_nodes(broker_url)) & set(seeds):
+        return f"{why} (CELERY_BROKER_URL {broker_url!r} names a node of REDIS_URL's cluster)"
+    return None
+
+
 def _number(env: dict, name: str, default, minimum, kind: type, kind_name: str):
     raw = env.get(name, "")
     try:
@@ -65,6 +95,17 @@ def _int(env: dict, name: str, default: int, minimum: int = 0) -> int:
 
 def _float(env: dict, name: str, default: float, minimum: float = 0.0) -> float:
     return _number(env, name, default, minimum, float, "a number")
+
+
+def _flag(env: dict, name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _csv(raw: str) -> list[str]:
@@ -169,6 +210,13 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = "redis://127.0.0.1:6379/0"
     redis_socket_timeout: float = 1.0
+    # The job store on Redis Cluster (REDIS_URL: any node, or comma-separated seeds): shared/redis_client.py,
+    # shared/jobs.py's KeySpace; docs/reliability.md "Redis Cluster".
+    redis_cluster: bool = False
+    # "Accepted" means on the master and this many replicas: WAIT after a job's record is written (else 503)
+    # and after its result is stored (before the broker's ack; a shortfall is logged). 0: off.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
     models: dict[str, str] = field(default_factory=dict)
     default_model: str = "default"
     model_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -224,6 +272,10 @@ class Settings:
     worker_metrics_port_last: int = 9101  # the end of a WORKER_METRICS_PORT range
     visibility_timeout: int = 300
     max_deliveries: int = 3
+    # RabbitMQ: each model queue's quorum (x-quorum-initial-group-size; RabbitMQ caps it at the cluster's size).
+    # 0: not declared, the broker's default (quorum_cluster_size), as queues declared before it.
+    rabbitmq_quorum_size: int = 3
+    worker_send_task_events: bool = True  # Celery's task events per job (worker/task_events.py)
     # Test-only: a worker whose job contains this text kills its own process (tests/test_poison.py).
 
     @property
@@ -255,11 +307,27 @@ def load_settings(environ: dict | None = None) -> Settings:
     except ValueError as exc:
         raise ConfigError(f"WEBHOOK_SECRET: {exc}") from None
     redis_url = env.get("REDIS_URL", "").strip() or Settings.redis_url
+    redis_cluster = _flag(env, "REDIS_CLUSTER", False)
+    broker_given = env.get("CELERY_BROKER_URL", "").strip()
+    if redis_cluster:
+        refusal = _cluster_broker_refusal(broker_given, redis_seed_nodes(redis_url))
+        if refusal:
+            raise ConfigError(refusal)
+    elif "," in redis_url:
+        raise ConfigError("REDIS_URL names several nodes: set REDIS_CLUSTER=true for a Redis Cluster")
+    socket_timeout = _float(env, "REDIS_SOCKET_TIMEOUT", 1.0, 0.05)
+    wait_replicas, wait_timeout_ms = _int(env, "REDIS_WAIT_REPLICAS", 0), _int(env, "REDIS_WAIT_TIMEOUT_MS", 100, 1)
+    if wait_replicas and wait_timeout_ms >= socket_timeout * 1000:
+        raise ConfigError(f"REDIS_WAIT_TIMEOUT_MS ({wait_timeout_ms}) must be below REDIS_SOCKET_TIMEOUT "
+                          f"({socket_timeout:g} s), or the socket gives up before WAIT answers")
     metrics_port, metrics_port_last = _port_range(env, "WORKER_METRICS_PORT", 9101)
     return Settings(
         redis_url=redis_url,
         broker_url=env.get("CELERY_BROKER_URL", "").strip() or redis_url,
-        redis_socket_timeout=_float(env, "REDIS_SOCKET_TIMEOUT", 1.0, 0.05),
+        redis_socket_timeout=socket_timeout,
+        redis_cluster=redis_cluster,
+        redis_wait_replicas=wait_replicas,
+        redis_wait_timeout_ms=wait_timeout_ms,
         models=models,
         default_model=default_model,
         model_thresholds=_parse_thresholds(env),
@@ -307,6 +375,8 @@ def load_settings(environ: dict | None = None) -> Settings:
         worker_metrics_port_last=metrics_port_last,
         visibility_timeout=_int(env, "VISIBILITY_TIMEOUT", 300, 1),
         max_deliveries=_int(env, "MAX_DELIVERIES", 3, 1),
+        rabbitmq_quorum_size=_int(env, "RABBITMQ_QUORUM_SIZE", 3),
+        worker_send_task_events=_flag(env, "WORKER_SEND_TASK_EVENTS", True),
     )
 
 

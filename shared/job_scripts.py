@@ -13,6 +13,10 @@ own (worker/leases.py), independent of the broker connection; only the current o
 finish or put back a job, so a worker that lost its lease (stalled past it) never overwrites the
 result of the one that took over. `attempt` names the worker that handed the job to the model: taking
 over an expired lease from such a worker counts one death (worker/deliveries.py).
+
+Every key a script touches is in its KEYS (none is built from a prefix inside a script), and the keys of one
+call share a hash slot on a Redis Cluster (shared/keyspace.py): a claim, renewal or release of many jobs is
+one call per bucket of jobs there (shared/jobs.py groups them), one call in all on a plain Redis.
 """
 
 # The server's clock, so workers' clocks never decide who holds a lease.
@@ -37,45 +41,66 @@ if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[5]) end
 return depth
 """
 
-# Finishing: KEYS job, done channel, webhook outbox, deliveries. ARGV: status, finished_at, results, error,
-# TTL, pending prefix, job id, outbox score, finisher (worker), token ('' for a finish outside any claim:
-# a malformed message, the parking reconciler). Never resurrects an expired record, never overwrites a
-# finished one, and (with a token) only the current owner finishes. Returns 1 (finished now), 2 (already
-# finished by this owner's same claim: a retried call whose first run went through), or 0.
+# Finishing: KEYS job, done channel, webhook outbox, deliveries, then the job's bucket of the pending index of
+# each queue the caller knows (shared/keyspace.py: every key a script touches is declared, all in one hash
+# slot on a cluster). ARGV: status, finished_at, results, error, TTL, publish command (PUBLISH, or SPUBLISH on
+# a cluster), job id, outbox score, finisher (worker), token ('' for a finish outside any claim: a malformed
+# message, the parking reconciler), done message prefix ('' or "<job id> " on a bucket's channel), then one
+# queue name per pending key. Never resurrects an expired record, never overwrites a finished one, and (with
+# a token) only the current owner finishes. Returns {1 (finished now), 2 (already finished by this owner's same
+# claim: a retried call whose first run went through), or 0; the job's queue if this call finished it and its
+# pending index was not among KEYS (the caller removes the entry then), else ''}.
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 local fenced = ARGV[10] ~= ''
 local lease = redis.call('HMGET', KEYS[4], 'owner', 'token')
 local mine = (not fenced) or (lease[1] == ARGV[9] and lease[2] == ARGV[10])
-if not status then return 0 end
+if not status then return {0, ''} end
 if status == 'succeeded' or status == 'failed' or status == 'canceled' then
-  if fenced and lease[2] == ARGV[10] and redis.call('HGET', KEYS[1], 'finished_by') == ARGV[9] then return 2 end
-  return 0
+  if fenced and lease[2] == ARGV[10] and redis.call('HGET', KEYS[1], 'finished_by') == ARGV[9] then return {2, ''} end
+  return {0, ''}
 end
-if not mine then return 0 end
+if not mine then return {0, ''} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results', ARGV[3], 'error', ARGV[4],
            'finished_by', ARGV[9])
 redis.call('HDEL', KEYS[1], 'texts', 'texts_z', 'text_tokens', 'cursor', 'partial')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('ZREM', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[7])
+local queue = redis.call('HGET', KEYS[1], 'queue') or ''
+local missed = queue
+for i = 5, #KEYS do
+  if ARGV[i + 7] == queue then
+    redis.call('ZREM', KEYS[i], ARGV[7])
+    missed = ''
+  end
+end
 -- The webhook outbox entry is written with the result, so a crash before the call is enqueued loses nothing.
 if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7]) end
 -- The finished record itself is the message, so a waiting request needs no read to answer.
 local flat, record = redis.call('HGETALL', KEYS[1]), {}
 for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-redis.call('PUBLISH', KEYS[2], cjson.encode(record))
-return 1
+redis.call(ARGV[6], KEYS[2], ARGV[11] .. cjson.encode(record))
+return {1, missed}
 """
 
-# Cancel only a job still queued (checked and changed atomically); answers 1, or the status it found.
+# Cancel only a job still queued (checked and changed atomically). KEYS job, done channel, then the job's bucket
+# of the pending index of each queue the caller knows; ARGV finished_at, publish command, job id, done message
+# prefix, then one queue name per pending key. Answers {1, the job's queue if its pending index was not among
+# KEYS, else ''}, or {the status it found (nil: unknown), ''}.
 CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'queued' then return status end
+if status ~= 'queued' then return {status, ''} end
 redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'texts', 'texts_z', 'text_tokens', 'cursor', 'partial')
-redis.call('ZREM', ARGV[2] .. redis.call('HGET', KEYS[1], 'queue'), ARGV[3])
-redis.call('PUBLISH', KEYS[2], 'canceled')
-return 1
+local queue = redis.call('HGET', KEYS[1], 'queue') or ''
+local missed = queue
+for i = 3, #KEYS do
+  if ARGV[i + 2] == queue then
+    redis.call('ZREM', KEYS[i], ARGV[3])
+    missed = ''
+  end
+end
+redis.call(ARGV[2], KEYS[2], ARGV[4] .. 'canceled')
+return {1, missed}
 """
 
 # Claiming a batch: KEYS in pairs (a job's record, its deliveries hash). ARGV: started_at, worker, token,

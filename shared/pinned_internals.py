@@ -12,6 +12,12 @@
   worker/tasks.py acknowledges a batch through `Consumer.call_soon` and `Request.message`/`acknowledged`,
   as Celery's own `Request.acknowledge()` does one message at a time, and then calls
   `Consumer._restore_prefetch_count_after_connection_restart` per ack as Celery's ack promise does.
+  worker/delayed_delivery.py swaps the consumer blueprint's `DelayedDelivery` step (its path in
+  `Consumer.Blueprint.default_steps`) for a subclass that sets delayed delivery up once per RabbitMQ cluster.
+  worker/task_events.py sends Celery's task events through `Consumer.event_dispatcher` (deciding as
+  `EventDispatcher.send` does from `enabled` and `groups`), with the fields of Celery's strategy and
+  tracer, on celery-batches' `task_received` signal; it sets `Request.time_start` and counts into
+  `celery.worker.state.total_count`/`all_total_count` as `state.task_accepted` does (heartbeats' `processed`).
 
 The one source of these versions: requirements/*.txt pin them (and `make lock` locks them) to the same
 numbers, and tests/test_versions.py fails loudly while what is installed differs. Moving to another

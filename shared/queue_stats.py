@@ -3,6 +3,10 @@
 Kombu's Redis transport LPUSHes new messages and BRPOPs from the right, so the last element
 of each list is the oldest message. Each message carries an `enqueued_at` header (epoch seconds)
 set by the API. Lists that do not exist count as 0.
+
+`client` must be a client on the broker's Redis (CELERY_BROKER_URL), which may not be the record Redis:
+the API and the CLI's `status` read these through shared/broker.py (RedisBrokerQueues), which picks
+the right server and covers RabbitMQ too; call these directly only with a broker client in hand.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ The outbox makes delivery at-least-once across crashes: the script that stores a
 the job to OUTBOX_KEY when it has a callback_url (one atomic step), a delivery that is over (delivered,
 refused, given up) removes it, and the webhook worker's sweeper re-sends entries nobody touched for
 WEBHOOK_SWEEP_GRACE seconds (a worker that died between storing the result and enqueueing the call).
+On a Redis Cluster the outbox is one sorted set per bucket of jobs (shared/keyspace.py), each in the slot
+of its jobs' records, and the sweeper takes due entries bucket by bucket.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from urllib.parse import urlsplit
 
 import redis
 
+from shared.keyspace import OUTBOX_KEY, keyspace_for  # noqa: F401  (OUTBOX_KEY: re-exported)
+from shared.redis_client import call_script, run_pipelined
+
 WEBHOOK_TASK = "moderation.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"
-# Sorted set: job id -> when its callback was last due or tried (epoch seconds).
-OUTBOX_KEY = "moderation:webhooks:outbox"
+# OUTBOX_KEY (shared/keyspace.py; per bucket on a cluster): sorted set, job id -> when its callback was last due
+# or tried (epoch seconds).
 
 # Take due entries and stamp them `now` in one step, so two sweepers never both re-send one entry.
 _TAKE_DUE_SCRIPT = """
@@ -82,23 +87,32 @@ def scrubbed(text: str, *urls: str) -> str:
 
 
 class WebhookOutbox:
-    """Pending callbacks (OUTBOX_KEY); entries are added by the job store's finish script."""
+    """Pending callbacks (OUTBOX_KEY, per bucket on a cluster); entries are added by the job store's finish script."""
 
     def __init__(self, client: redis.Redis):
         self.redis = client
+        self.keys = keyspace_for(client)
         self._take_due = client.register_script(_TAKE_DUE_SCRIPT)
 
     def is_pending(self, job_id: str) -> bool:
-        return self.redis.zscore(OUTBOX_KEY, job_id) is not None
+        return self.redis.zscore(self.keys.outbox_key_of(job_id), job_id) is not None
 
     def touch(self, job_id: str) -> None:
         """A delivery is being tried now: the sweeper leaves the entry alone for another grace period."""
-        self.redis.zadd(OUTBOX_KEY, {job_id: time.time()}, xx=True)
+        self.redis.zadd(self.keys.outbox_key_of(job_id), {job_id: time.time()}, xx=True)
 
     def done(self, job_id: str) -> None:
-        self.redis.zrem(OUTBOX_KEY, job_id)
+        self.redis.zrem(self.keys.outbox_key_of(job_id), job_id)
 
     def take_due(self, grace: float, limit: int = 200) -> list[str]:
-        """Entries untouched for `grace` seconds, stamped now (the caller enqueues their delivery)."""
+        """Entries untouched for `grace` seconds, stamped now (the caller enqueues their delivery); at most
+        `limit` per bucket."""
         now = time.time()
-        return self._take_due(keys=[OUTBOX_KEY], args=[now - grace, now, limit])
+        if self.keys.buckets == 1:
+            return self._take_due(keys=[self.keys.outbox_key(0)], args=[now - grace, now, limit])
+
+        def build(pipe):
+            for bucket in range(self.keys.buckets):
+                call_script(pipe, self._take_due, [self.keys.outbox_key(bucket)], [now - grace, now, limit])
+            return [self._take_due]
+        return [job_id for due in run_pipelined(self.redis, build) for job_id in due]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.support import RedisServer, stop_all
@@ -30,6 +32,25 @@ KNOWN_SINGLE = KnownModel(
 
 
 BROKERS = ["redis", "rabbitmq"]
+
+# The recovery modules: `make test-recovery` runs them (marked `recovery` below), `make test` every other
+# test module (`pytest -m "not recovery"`). Real processes killed, stopped and restarted, Redis and RabbitMQ
+# refused, frozen or read-only, redelivery, poison jobs, parking, several workers, `make run`'s supervisor:
+# the slowest third of the suite, and one subject (docs/reliability.md). tests/test_test_targets.py checks
+# that every test module is in exactly one of the two targets.
+RECOVERY_MODULES = frozenset({
+    "test_broker_failover.py", "test_delivery.py", "test_many_workers.py", "test_parking.py",
+    "test_pending_sweep.py", "test_poison.py", "test_redelivery.py", "test_redis_outage.py",
+    "test_separate_broker.py", "test_store_outage.py", "test_supervisor.py", "test_write_refusals.py",
+})
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by `-m`
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.parent == TESTS_DIR and item.path.name in RECOVERY_MODULES:
+            item.add_marker(pytest.mark.recovery)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,6 +11,8 @@ Hooks:
   job store, so that what arrives meanwhile forms one backlog: with WORKER_CONCURRENCY=1 it is the next batch.
 - lose-a-finish-reply: the first batch's results are stored, then its call raises as if the store's reply
   was lost (what a store that froze mid-call does: it runs the script when it thaws, after the worker gave up).
+- slow-model: every forward pass also sleeps SLOW_MODEL_SECONDS (default 0.25; a sleep, so no CPU is used),
+  as a larger model would take: a few hundred jobs stay in flight for seconds (tests/cluster/).
 """
 
 from __future__ import annotations
@@ -75,8 +77,23 @@ def _first_batch_waits() -> None:
     tasks.process_batch = wait_then_process
 
 
+def _slow_model() -> None:
+    import time
+
+    from worker.inference import TextClassifier
+
+    window_scores, seconds = TextClassifier.window_scores, float(os.environ.get("SLOW_MODEL_SECONDS") or 0.25)
+
+    def slow_window_scores(self, *args, **kwargs):
+        time.sleep(seconds)
+        return window_scores(self, *args, **kwargs)
+
+    TextClassifier.window_scores = slow_window_scores
+
+
 HOOKS = {"crash-model": _crash_model, "die-after-storing": _die_after_storing,
-         "lose-a-finish-reply": _lose_a_finish_reply, "first-batch-waits": _first_batch_waits}
+         "lose-a-finish-reply": _lose_a_finish_reply, "first-batch-waits": _first_batch_waits,
+         "slow-model": _slow_model}
 
 
 def command(hook: str) -> list[str]:

@@ -31,10 +31,12 @@ HELD = 7  # messages a consumer holds unacknowledged (a worker's prefetch)
 
 
 def chart_values(broker) -> dict:
-    """values-dev.yaml, on this test's broker."""
+    """values-dev.yaml, on this test's broker. RabbitMQ: the `amqp` protocol (ready messages, a passive
+    declare; this RabbitMQ has no management plugin for `http`), which needs minReplicas >= 1."""
     if broker.is_redis:
         return {}
-    return {"broker.kind": "rabbitmq", "broker.rabbitmq.url": broker.url}
+    return {"broker.kind": "rabbitmq", "broker.rabbitmq.url": broker.url, "broker.rabbitmq.protocol": "amqp",
+            "workerDefaults.autoscaling.minReplicas": 1}
 
 
 def trigger_of(docs: list[dict]) -> dict:

@@ -325,11 +325,16 @@ def test_unreachable_service_and_unknown_model_stop_with_a_message(stack, tmp_pa
     for command in (["check", "hello"], ["status"], ["moderate", str(source), "--no-progress"]):
         run = moderation({**stack, "api": "http://127.0.0.1:9"}, "--max-retries", "1", *command)
         assert run.returncode == 3 and "127.0.0.1:9" in run.stderr, (command, run.returncode, run.stderr)
+    # A request the service refuses outright is the caller's to fix: 4, whichever command (2 is bad usage).
     run = moderation(stack, "moderate", str(source), "--model", "nope", "--no-progress")
-    assert run.returncode == 3 and "nope" in run.stderr and "STOPPED" in run.stderr
-    # A request the service refuses outright is the caller's to fix: 2.
+    assert run.returncode == 4 and "nope" in run.stderr and "STOPPED" in run.stderr, (run.returncode, run.stderr)
     run = moderation(stack, "check", "hello", "--model", "nope")
-    assert run.returncode == 2 and "nope" in run.stderr, (run.returncode, run.stderr)
+    assert run.returncode == 4 and "nope" in run.stderr, (run.returncode, run.stderr)
+    for command in (["check", "hello"], ["moderate", str(source), "--no-progress"]):  # a wrong API key: 4 too
+        run = moderation({**stack, "api": stack["limited"]}, "--api-key", "wrong", *command)
+        assert run.returncode == 4 and "API key" in run.stderr, (command, run.returncode, run.stderr)
+    run = moderation(stack, "check")  # no text: argparse refuses the command line
+    assert run.returncode == 2 and "usage:" in run.stderr, (run.returncode, run.stderr)
 
 
 def test_a_resumed_run_whose_output_holds_failed_rows_exits_1(stack, tmp_path):

@@ -169,3 +169,17 @@ def test_every_child_is_watched_while_one_backs_off(capsys):
 def test_a_private_redis_only_for_a_local_url_that_does_not_answer(redis_server, url, starts):
     url = url.format(free=free_port(), answering=redis_server.port)
     assert (private_redis({"REDIS_URL": url}) is not None) == starts
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("9200", ["9200", "9201", "9202"]),  # one port: the next workers take the ports after it
+    ("9101-9103", ["9101-9103"] * 3),  # a range: each worker takes the first free port of it
+    ("0", ["0"] * 3),  # off stays off
+    ("", ["9101", "9102", "9103"]),  # unset (compose passes it empty): the default, 9101
+])
+def test_workers_3_gives_each_worker_its_metrics_port(given, expected):
+    from scripts.run import children_for
+    env = {"REDIS_URL": "redis://redis.example:6379/0", "WORKERS": "3", "WORKER_METRICS_PORT": given}
+    workers = [child for child in children_for(env) if child.name.startswith("worker")]
+    assert [child.env["WORKER_METRICS_PORT"] for child in workers] == expected
+    assert all(child.env["WORKER_PROCESSES"] == "3" for child in workers)

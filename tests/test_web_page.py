@@ -37,7 +37,8 @@ def stack(redis_server, tmp_path_factory):
         pytest.fail("the bundled model is not built: run `python -m model.build` (make test does)")
     redis_server.client().flushall()
     logs = tmp_path_factory.mktemp("web-logs")
-    env = base_env(redis_server.url, API_KEYS=API_KEY)
+    # The default engine (ONNX Runtime int8 on CPU), as `make run` serves it: the screenshot shows its scores.
+    env = base_env(redis_server.url, API_KEYS=API_KEY, ENGINE="auto", QUANTIZE="")
     api = start_api(env, logs / "api.log")
     yield {"api": api, "env": env, "logs": logs}
     api.stop()

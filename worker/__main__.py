@@ -43,8 +43,10 @@ def serve_metrics(first: int, last: int) -> int:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from shared.redis_client import check_broker_outside_cluster
     try:
         settings = get_settings()
+        check_broker_outside_cluster(settings)  # REDIS_CLUSTER: a Redis broker must not be a cluster node
     except ConfigError as exc:
         log.critical("configuration error: %s", exc)
         return EXIT_CONFIG_ERROR

@@ -20,6 +20,7 @@ from celery import bootsteps, signals
 from shared.broker import broker_redis
 from shared.celery_app import is_redis_url
 from shared.queues import MODERATE_TASK, queue_for_model
+from worker import delayed_delivery
 from worker.deliveries import worker_name
 from worker.heartbeat import Heartbeat
 from worker.leases import LeaseKeeper
@@ -146,4 +147,5 @@ def install(app) -> None:
     app.steps["consumer"].update([HeartbeatStep, RedeliveryStep, ParkingStep, PendingSweepStep, BatchTimerStep,
                                   StoreGateStep])
     app.steps["worker"].add(LeaseStep)
+    delayed_delivery.install(app)  # its set-up once per RabbitMQ cluster, not once per node (a lost one stalls)
     signals.worker_shutting_down.connect(_end_outage_waits, weak=False)

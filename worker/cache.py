@@ -11,6 +11,8 @@ import json
 
 import redis
 
+from shared.redis_client import is_cluster
+
 
 class ScoreCache:
     def __init__(self, client: redis.Redis, model_fingerprint: str, ttl_seconds: int):
@@ -24,7 +26,10 @@ class ScoreCache:
     def get_many(self, texts: list[str]) -> list[list[float] | None]:
         if not self.ttl or not texts:
             return [None] * len(texts)
-        return [json.loads(v) if v else None for v in self.redis.mget([self._key(t) for t in texts])]
+        keys = [self._key(t) for t in texts]
+        # On a Redis Cluster the keys lie in many slots: one MGET per slot, pipelined (redis-py's mget_nonatomic).
+        values = self.redis.mget_nonatomic(keys) if is_cluster(self.redis) else self.redis.mget(keys)
+        return [json.loads(v) if v else None for v in values]
 
     def put_many(self, texts: list[str], scores: list[list[float]]) -> None:
         if not self.ttl or not texts:

@@ -26,7 +26,7 @@ import socket
 
 import redis
 
-from shared.jobs import DELIVERIES_PREFIX as KEY_PREFIX
+from shared.keyspace import keyspace_for
 
 
 @functools.cache
@@ -43,6 +43,7 @@ def poison_error(count: int) -> str:
 class DeliveryCounter:
     def __init__(self, client: redis.Redis, ttl_seconds: int, max_deliveries: int):
         self.redis, self.ttl, self.max_deliveries = client, ttl_seconds, max_deliveries
+        self._key = keyspace_for(client).deliveries_key  # shared/keyspace.py: in the job's hash slot on a cluster
 
     def counts(self, job_ids: list[str]) -> list[int]:
         """How many workers died after handing each job to the model (0: none)."""
@@ -50,7 +51,7 @@ class DeliveryCounter:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(KEY_PREFIX + job_id, "deaths")
+            pipe.hget(self._key(job_id), "deaths")
         return [int(value or 0) for value in pipe.execute()]
 
     def record(self, job_ids: list[str]) -> None:
@@ -60,13 +61,13 @@ class DeliveryCounter:
         name = worker_name()
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hset(KEY_PREFIX + job_id, mapping={"worker": name, "attempt": name})
-            pipe.expire(KEY_PREFIX + job_id, self.ttl)
+            pipe.hset(self._key(job_id), mapping={"worker": name, "attempt": name})
+            pipe.expire(self._key(job_id), self.ttl)
         pipe.execute()
 
     def last_workers(self, job_ids: list[str]) -> list[str | None]:
         """The worker process that last ran each job (None: never run)."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(KEY_PREFIX + job_id, "worker")
+            pipe.hget(self._key(job_id), "worker")
         return pipe.execute()

@@ -17,7 +17,7 @@ from collections import Counter
 import redis
 from celery import Celery
 
-from shared.jobs import FAILED, SUCCEEDED, job_key
+from shared.jobs import FAILED, SUCCEEDED, keyspace_for
 from shared.throughput import add_texts
 from shared.webhooks import WEBHOOK_QUEUE, WEBHOOK_TASK
 
@@ -35,7 +35,7 @@ def after_batch(client: redis.Redis, celery: Celery, models_of: dict[str, str], 
         pipe = client.pipeline(transaction=False)
         add_texts(pipe, texts)
         for job_id in job_ids:
-            pipe.hmget(job_key(job_id), ["callback_url", "status"])
+            pipe.hmget(keyspace_for(client).job_key(job_id), ["callback_url", "status"])
         rows = pipe.execute()[-len(job_ids):] if job_ids else []
         for job_id, (callback_url, status) in zip(job_ids, rows):
             if callback_url and status in (SUCCEEDED, FAILED):

@@ -10,7 +10,9 @@ such entries during its sweep; on RabbitMQ no re-publisher runs, so this sweep d
 Every SWEEP_INTERVAL one worker (a lock in the record Redis) looks at the oldest BATCH entries of each of its
 queues (the ones the age is read from) and removes those whose record no longer exists or is finished: one
 script call per queue, so the check and the removal are atomic (an entry is never removed for a job that is
-still waiting) and the work per sweep is bounded.
+still waiting) and the work per sweep is bounded. On a Redis Cluster each queue's index is one sorted set per
+bucket of jobs (shared/keyspace.py): the sweep reads the oldest entries of every bucket, then checks and removes
+them with one call per bucket (the call declares the records it reads, all in the bucket's hash slot).
 """
 
 from __future__ import annotations
@@ -19,29 +21,30 @@ import logging
 
 import redis
 
-from shared.jobs import KEY_PREFIX, pending_key
+from shared.keyspace import keyspace_for
 from shared.queues import queue_for_model
+from shared.redis_client import call_script, run_pipelined
 from worker.background import BackgroundThread
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 5.0
-BATCH = 500  # entries looked at per queue and sweep, oldest first
+BATCH = 500  # entries looked at per queue (per bucket of it, on a cluster: at least CLUSTER_BATCH) and sweep
+CLUSTER_BATCH = 32
 LOCK_KEY = "moderation:pending-sweep-lock"
 
-# KEYS[1]: a queue's pending index. ARGV: the job key prefix, how many of the oldest entries to look at.
-# Returns {entries looked at, entries removed}.
+# KEYS[1]: one bucket of a queue's pending index, then the records of the entries to look at; ARGV: those
+# entries' job ids, in the same order. Removes the entries whose record no longer exists or is finished (checked
+# and removed in one step, so an entry is never removed for a job still waiting); returns how many.
 _FORGET_GONE_SCRIPT = """
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 local removed = 0
-for _, id in ipairs(ids) do
-  local status = redis.call('HGET', ARGV[1] .. id, 'status')
+for i = 2, #KEYS do
+  local status = redis.call('HGET', KEYS[i], 'status')
   if not status or status == 'succeeded' or status == 'failed' or status == 'canceled' then
-    redis.call('ZREM', KEYS[1], id)
-    removed = removed + 1
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i - 1])
   end
 end
-return {#ids, removed}
+return removed
 """
 
 
@@ -50,16 +53,30 @@ class PendingIndex:
 
     def __init__(self, client: redis.Redis):
         self.redis = client
+        self.keys = keyspace_for(client)
         self._forget_gone = client.register_script(_FORGET_GONE_SCRIPT)
 
-    def forget_gone(self, queue: str, limit: int = BATCH) -> int:
-        """Remove, among the queue's `limit` oldest pending entries, those of expired or finished jobs; returns
-        how many were removed."""
-        _, removed = self._forget_gone(keys=[pending_key(queue)], args=[KEY_PREFIX, limit])
-        return int(removed)
+    def forget_gone(self, queue: str, limit: int | None = None) -> int:
+        """Remove, among the queue's `limit` oldest pending entries (per bucket), those of expired or finished jobs;
+        returns how many were removed. Default: BATCH, or on a cluster BATCH spread over the buckets."""
+        limit = limit or (BATCH if self.keys.buckets == 1 else max(CLUSTER_BATCH, BATCH // self.keys.buckets))
+        keys = self.keys.pending_keys(queue)
+
+        def heads(pipe):
+            for key in keys:
+                pipe.zrange(key, 0, limit - 1)
+        calls = [(key, ids) for key, ids in zip(keys, run_pipelined(self.redis, heads)) if ids]
+        if not calls:
+            return 0
+
+        def forget(pipe):
+            for key, ids in calls:
+                call_script(pipe, self._forget_gone, [key, *map(self.keys.job_key, ids)], ids)
+            return [self._forget_gone]
+        return sum(int(removed) for removed in run_pipelined(self.redis, forget))
 
 
-def forget_gone_jobs(index: PendingIndex, models: list[str], limit: int = BATCH) -> dict[str, int]:
+def forget_gone_jobs(index: PendingIndex, models: list[str], limit: int | None = None) -> dict[str, int]:
     """One pass over the models' queues; returns the entries removed per queue (only those with any)."""
     removed = {}
     for model in models:

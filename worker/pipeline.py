@@ -42,6 +42,9 @@ from worker.slices import plan_turn, remaining_cost, score_slice
 log = logging.getLogger(__name__)
 
 Outcome = tuple  # (job_id, results | None, error | None)
+# What became of a job this batch saw, beyond stored results (BatchReport.outcomes, for Celery's task events).
+REQUEUED = "requeued"  # back in its queue with a new message (a slice done, postponed, or after a worker died)
+SKIPPED = "skipped"  # not run: already finished or canceled, its record expired, or a second copy in this batch
 
 
 @dataclass
@@ -50,6 +53,9 @@ class BatchReport:
     deferred: list[str] = field(default_factory=list)  # request ids whose job a live worker holds
     unacknowledged: bool = False  # leave the rest as they are (not requeued): worker/tasks.py
     store_failed: bool = False  # the job store failed mid-batch: worker/tasks.py runs the batch again
+    # request id -> (SUCCEEDED, results) | (FAILED, error) | (REQUEUED, why) | (SKIPPED, record status or
+    # "duplicate"): what became of each request's job, for Celery's task events (worker/task_events.py)
+    outcomes: dict[str, tuple] = field(default_factory=dict)
 
 
 class UnconfirmedFinishes:
@@ -84,6 +90,7 @@ class Job:
     texts: list[str] = field(default_factory=list)  # from the record, once claimed
     claim: Claim | None = None
     cost: int = 0  # tokens still to read (worker/slices.py)
+    outcome: tuple | None = None  # see BatchReport.outcomes
 
     @property
     def owner(self) -> str:
@@ -172,6 +179,7 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> BatchReport:
         except MalformedTask as exc:
             log.error("request %s: %s", request.id, exc)
             report.done.append(request.id)
+            report.outcomes[request.id] = (FAILED, str(exc))
             if exc.job_id:
                 outcomes.append((exc.job_id, None, str(exc)))
     busy = IN_FLIGHT.take([job.job_id for job in jobs])
@@ -183,7 +191,7 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> BatchReport:
         # fault. The whole batch runs again here once the store takes writes (worker/tasks.py); every step
         # of it is idempotent (shared/job_scripts.py), so what already went through is not done twice.
         log.warning("the job store failed mid-batch (%s: %s); the batch will run again", type(exc).__name__, exc)
-        return BatchReport(store_failed=True)
+        return BatchReport(store_failed=True, outcomes=_job_outcomes(jobs))  # what it stored before the error
     except Exception:
         # The batch goes back to the broker: free its leases now, so another worker need not wait for them.
         _release(runtime, mine)
@@ -191,7 +199,12 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> BatchReport:
     finally:
         IN_FLIGHT.release([job.job_id for job in mine])
     report.deferred.extend(job.request_id for job in jobs if job.job_id in busy)
+    report.outcomes.update(_job_outcomes(jobs))
     return report
+
+
+def _job_outcomes(jobs: list[Job]) -> dict[str, tuple]:
+    return {job.request_id: job.outcome for job in jobs if job.outcome is not None}
 
 
 def _release(runtime: WorkerRuntime, jobs: list[Job]) -> None:
@@ -218,6 +231,7 @@ def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcom
         elif claim.verdict == SKIP or job.job_id in live_ids:
             log.info("job %s is %s; skipping", job.job_id,
                      "already in this batch" if job.job_id in live_ids else claim.status or "unknown (expired)")
+            job.outcome = (SKIPPED, "duplicate" if job.job_id in live_ids else claim.status or "expired")
             report.done.append(job.request_id)
         else:
             job.claim, job.texts = claim, claim.texts or []
@@ -303,6 +317,7 @@ def _put_back(runtime: WorkerRuntime, job: Job, cursor: str, scores: list, progr
     if runtime.store.requeue(job.job_id, queue_for_model(job.model), worker_name(), job.claim.token, cursor, scores,
                              progressed):
         publish_job(celery_app, job.job_id, job.model, time.time())
+        job.outcome = (REQUEUED, "sliced" if progressed else "postponed")
     else:
         log.warning("job %s is no longer this worker's; not putting it back", job.job_id)
 
@@ -353,6 +368,7 @@ def _count_outcomes(live: list[Job], outcomes: list[Outcome]) -> None:
         job = model_of.get(job_id)
         if job is None:
             continue
+        job.outcome = (FAILED, error) if error else (SUCCEEDED, results)
         _count_job(job.model, FAILED if error else SUCCEEDED, len(results) if results is not None else 0)
         if job.claim is not None:
             slices = job.claim.slices + 1

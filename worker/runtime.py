@@ -51,7 +51,7 @@ def batch_concurrency(settings: Settings, device: str) -> int:
     on CPU as many as this process's share of the CPU quota holds passes of TORCH_THREADS threads (one
     thread when unset). Live traffic comes in small passes (about 8 texts), where two passes on one
     thread each waste less than one pass split over two threads: on 2 cores with 32 clients, 2 x 1
-    served 344 single-text jobs/s where 1 x 2 served 280-293 (docs/model.md, "Throughput and batching")."""
+    served 344 single-text jobs/s where 1 x 2 served 280-293 (docs/performance.md, "The worker's shape")."""
     if settings.worker_concurrency:
         return settings.worker_concurrency
     if device != "cpu":
@@ -92,7 +92,7 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
         log.info("loaded model %s (%s) from %s (%s) in %.1fs (labels: %s)", name, spec.model_id, path,
                  classifier.describe(), classifier.load_seconds, ", ".join(spec.labels))
     log.info("%d batch(es) in flight, forward passes on %d thread(s) each", concurrency, threads)
-    _runtime = WorkerRuntime(settings, JobStore(client, settings.result_ttl), served,
+    _runtime = WorkerRuntime(settings, JobStore.from_settings(client, settings), served,
                              DeliveryCounter(client, settings.result_ttl, settings.max_deliveries))
     return _runtime
 

@@ -8,6 +8,7 @@ the next batch when one returns: celery-batches alone would hand the pool a tiny
 BATCH_MAX_WAIT_MS, which queue up behind the busy model one or two texts at a time.
 A batch that fails because the job store does not answer is held, and consumption paused, until the
 store answers (worker/store_gate.py); then it runs again.
+Each request gets the task events Celery would send for a task of its own (worker/task_events.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from worker.deliveries import worker_name
 from worker.pipeline import BatchReport, process_batch
 from worker.runtime import get_runtime
 from worker.store_gate import GATE
+from worker.task_events import batch_started, merge_outcomes, outcome_events, send_events, task_dispatcher
 
 # A job another live worker holds (shared/jobs.py: its lease) is tried again after this long.
 DEFER_SECONDS = 2.0
@@ -93,13 +95,16 @@ class AckStoredBatches(Batches):
 
     def _run(self, requests):
         report = BatchReport()
+        started = time.monotonic()
         try:
+            batch_started(self._consumer, requests)
             report = self._run_until_stored(requests)
         finally:
             done, deferred = set(report.done), set(report.deferred)
+            events = self._outcome_events(requests, report, time.monotonic() - started)
             try:
                 stored = [request for request in requests if request.id in done]
-                acknowledge_on_event_loop(self._consumer, stored)
+                acknowledge_on_event_loop(self._consumer, stored, events)
                 for request in requests:
                     if request.id not in done and request.id not in deferred and not report.unacknowledged:
                         request.reject(requeue=True)
@@ -120,15 +125,25 @@ class AckStoredBatches(Batches):
                 self._in_flight -= 1
             self.flush([])
 
+    def _outcome_events(self, requests, report: BatchReport, runtime: float) -> list:
+        """The batch's terminal task events, only when the worker sends task events (no cost otherwise)."""
+        try:
+            return outcome_events(requests, report, runtime) if task_dispatcher(self._consumer) is not None else []
+        except Exception:  # noqa: BLE001 (monitoring must never keep a batch from being acknowledged)
+            log.exception("could not build the task events of a batch")
+            return []
+
     def _run_until_stored(self, requests) -> BatchReport:
         """Run the batch; while it fails on the job store, hold it (consumption paused while the store takes
         no writes) and run it again. An empty report (requeue everything) if it failed otherwise, or if the
         store keeps failing it while it takes writes (STORE_RETRIES times)."""
-        failures = 0
+        failures, outcomes = 0, {}
         while True:
             report = apply_batches_task(self, ([SimpleRequest.from_request(r) for r in requests],), 0, None)
             if report is None:
                 return BatchReport()
+            # A job stored before the store failed is skipped by the next run: its task event is the earlier one.
+            outcomes = report.outcomes = merge_outcomes(outcomes, report.outcomes)
             if not report.store_failed:
                 return report
             failures += 1
@@ -144,16 +159,25 @@ class AckStoredBatches(Batches):
                 return BatchReport(unacknowledged=True)
 
 
-def acknowledge_on_event_loop(consumer, requests) -> None:
+def acknowledge_on_event_loop(consumer, requests, events=()) -> None:
     """Acknowledge these requests in one callback on the consumer's event loop, where Celery itself
     acknowledges (request.acknowledge() schedules one callback per message), and on the Redis transport
     in one pipeline (batched_acks). The loop wakes as for Celery's own acks, so the freed prefetch room
-    is used at once."""
+    is used at once. The batch's task events (worker/task_events.py) are sent in the same callback, after
+    the acknowledgements, as Celery sends task-succeeded after acknowledging."""
     messages = [request.message for request in requests if not request.acknowledged]
     for request in requests:
         request.acknowledged = True
-    if messages:
+    if events:
+        consumer.call_soon(_ack_messages_then_send, consumer, messages, events)
+    elif messages:
         consumer.call_soon(_ack_messages, consumer, messages)
+
+
+def _ack_messages_then_send(consumer, messages, events) -> None:
+    if messages:
+        _ack_messages(consumer, messages)
+    send_events(consumer, events)
 
 
 def _ack_messages(consumer, messages) -> None:

@@ -26,6 +26,7 @@ from functools import cache
 import requests
 from celery import bootsteps
 from celery.utils.time import get_exponential_backoff_interval
+from prometheus_client import start_http_server
 
 from shared import __version__
 from shared.celery_app import celery_app, configure_celery
@@ -43,6 +44,7 @@ from shared.webhooks import (
     redacted,
     scrubbed,
 )
+from worker import delayed_delivery
 
 log = logging.getLogger(__name__)
 BACKOFF_MAX_SECONDS = 60
@@ -56,7 +58,7 @@ class DeliveryFailed(Exception):
 @cache
 def _store() -> JobStore:
     settings = get_settings()
-    return JobStore(make_redis(settings), settings.result_ttl)
+    return JobStore.from_settings(make_redis(settings), settings)
 
 
 def deliver(job_id: str) -> str:
@@ -169,8 +171,15 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    if argv[:1] == ["--metrics-port"]:
+        # Its own Deployment (the Helm chart): /metrics (process metrics; `up` of its scrape job) is also
+        # the liveness probe, which reads neither the store nor the broker. Not when `python -m worker`
+        # starts it as a child, whose metrics port is the parent's.
+        start_http_server(int(argv[1]))
+        argv = argv[2:]
     configure_celery(celery_app, settings)
     celery_app.steps["consumer"].add(OutboxSweepStep)
+    delayed_delivery.install(celery_app)  # on a RabbitMQ cluster: set up once, not once per node
     celery_app.worker_main([
         "worker", "--pool", "threads", "--concurrency", str(settings.webhook_concurrency),
         "--queues", WEBHOOK_QUEUE, "--hostname", f"webhooks-{os.getpid()}@{socket.gethostname()}",

@@ -87,7 +87,7 @@ function renderResult(job) {
     scoreCell.textContent = score.toFixed(3);
     const thresholdCell = row.insertCell();
     thresholdCell.className = "num";
-    thresholdCell.textContent = threshold === undefined ? "–" : threshold.toFixed(2);
+    thresholdCell.textContent = threshold === undefined ? "–" : String(Number(threshold.toFixed(3)));  // 0.425, 0.75: as set, to 3 places
     const bar = document.createElement("div");
     bar.className = "bar";
     bar.setAttribute("aria-hidden", "true");  // the numbers beside it say the same

@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import redis
 import requests
 
 from scripts.chart import configmap_data, of_kind, render, secret_data
@@ -156,14 +157,19 @@ def dev_pods(redis_port: int, overrides: dict | None = None, ready_timeout: floa
     """Every Deployment of the chart rendered with values-dev.yaml (plus `overrides`), run with docker
     against the Redis on 127.0.0.1:redis_port (standing in for the dev StatefulSet); yields once each
     readiness probe passed, removes the containers afterwards."""
-    api_port, metrics_port = free_port(), free_port()
-    docs = render("dev", {"redis.internal.servicePort": redis_port, "api.port": api_port,
-                          "workerDefaults.metricsPort": metrics_port, **(overrides or {})})
+    api_port, metrics_port, webhooks_metrics_port = free_port(), free_port(), free_port()
+    # The Service port is the container's: with host networking, http://<service>:<port> reaches it.
+    docs = render("dev", {"redis.internal.servicePort": redis_port, "api.port": api_port, "api.service.port": api_port,
+                          "workerDefaults.metricsPort": metrics_port, "webhooks.metricsPort": webhooks_metrics_port,
+                          **(overrides or {})})
     env_from = {**configmap_data(docs), **secret_data(docs)}
+    # The dev Redis has a password (the rendered Secret's REDIS_PASSWORD): the stand-in gets the same.
+    if env_from.get("REDIS_PASSWORD"):
+        redis.Redis(port=redis_port).config_set("requirepass", env_from["REDIS_PASSWORD"])
     hosts = [service["metadata"]["name"] for service in of_kind(docs, "Service")]
     deployments = of_kind(docs, "Deployment")
     log(f"rendered dev: {len(docs)} objects; running {[d['metadata']['name'] for d in deployments]} "
-        f"with REDIS_URL={env_from['REDIS_URL']} ({', '.join(hosts)} -> 127.0.0.1)")
+        f"with REDIS_URL={re.sub(r':[^:@/]*@', ':***@', env_from['REDIS_URL'])} ({', '.join(hosts)} -> 127.0.0.1)")
     pods: list[RunningPod] = []
     try:
         for deployment in deployments:

@@ -4,10 +4,12 @@ Builds the API image and the lean CPU worker image (docker/*.Dockerfile, on the 
 renders the chart with values-dev.yaml, and starts every Deployment's container as its pod spec says
 (scripts/containers/pods.py: command, args, env from the rendered ConfigMap and Secret, user,
 read-only root, limits, probes). A private redis-server on a free port stands in for the dev Redis
-StatefulSet (whose image comes from a registry); its Service name resolves to 127.0.0.1. Each
-readiness probe must pass, a job submitted through the API container must finish and be delivered,
-signed, by the webhook Deployment to a receiver on 127.0.0.1, and the worker must exit 0 on SIGTERM
-within its grace period. Figures go to stdout and var/chart-pods/report.json.
+StatefulSet (whose image comes from a registry), with the password of the rendered Secret; its
+Service name resolves to 127.0.0.1. Each readiness probe must pass, a job submitted through the API
+container must finish and be delivered, signed, by the webhook Deployment to a receiver on 127.0.0.1,
+the `helm test` pod's container must submit a job through the API's Service name and see it succeed,
+and the worker must exit 0 on SIGTERM within its grace period. Figures go to stdout and
+var/chart-pods/report.json.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
-from scripts.chart import RELEASE
-from scripts.containers.pods import dev_pods, docker
+from scripts.chart import RELEASE, of_kind
+from scripts.containers.pods import dev_pods, docker, run_pod
 from tests.support import RedisServer, wait_for_job, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("MODERATION_CHART_POD_TESTS") != "1",
@@ -129,6 +131,24 @@ def test_the_webhook_deployment_delivers_a_signed_callback(dev):
     assert Webhook(WEBHOOK_SECRET.encode()).verify(body, headers)["job_id"] == job_id
     assert {k.lower(): v for k, v in headers.items()}["webhook-id"] == job_id
     log(f"webhook for job {job_id} delivered by the webhook pod, signature checked")
+
+
+def test_the_helm_test_pod_submits_a_job_through_the_service(dev):
+    (pod,) = [p for p in of_kind(dev.docs, "Pod") if p["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    hosts = [service["metadata"]["name"] for service in of_kind(dev.docs, "Service")]
+    # Run as its pod spec says (pods.py takes a Deployment's pod template): image, command, env, user, limits.
+    as_deployment = {"metadata": pod["metadata"], "spec": {"template": {"spec": pod["spec"]}}}
+    started = time.monotonic()
+    test = run_pod(as_deployment, {}, hosts, f"chart-pod-{pod['metadata']['name']}")
+    try:
+        code = int(docker("wait", test.name, timeout=300).stdout.strip())
+        logs = test.logs()
+    finally:
+        test.remove()
+    dev.report["helm_test_s"] = round(time.monotonic() - started, 1)
+    log(f"helm test pod: exit {code} in {dev.report['helm_test_s']} s: {logs.strip().splitlines()[-1:]}")
+    assert code == 0, logs
+    assert "succeeded" in logs
 
 
 def test_the_worker_exits_cleanly_on_sigterm_within_its_grace_period(dev):

@@ -25,7 +25,7 @@ which lives on). The jobs taken over from a worker (a death counted in their del
 none may have more than one. The table is printed and written to var/fault-matrix/report.json;
 docs/reliability.md records a run. Each case prints where its logs are (the API's, workers', servers').
 
-Run by `make test-faults` (MODERATION_FAULT_TESTS=1): 12 to 20 minutes, so not part of `make test`.
+Run by `make test-faults` (MODERATION_FAULT_TESTS=1): 10 to 15 minutes, so not part of `make test`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ import signal
 import threading
 import time
 import uuid
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from types import SimpleNamespace
 
@@ -47,9 +45,8 @@ import requests
 
 from scripts import rabbitmq
 from scripts.launch import ROOT
-from shared import metrics as names
-from shared.jobs import DELIVERIES_PREFIX, DONE_SUFFIX, KEY_PREFIX, JobStore
-from tests.scrape import metric, worker_samples
+from shared.jobs import JobStore
+from tests.job_accounting import DoneMessages, Workers, submit_accepted, tally, unfinished
 from tests.support import (
     RabbitVhost,
     RedisServer,
@@ -58,12 +55,11 @@ from tests.support import (
     distinct_texts,
     free_port,
     start_api,
-    start_worker,
     wait_until,
 )
 
 pytestmark = pytest.mark.skipif(os.environ.get("MODERATION_FAULT_TESTS") != "1",
-                                reason="the fault matrix (12-20 min): run by `make test-faults`")
+                                reason="the fault matrix (10-15 min): run by `make test-faults`")
 
 MODEL = "tiny"
 JOBS = 300
@@ -123,117 +119,11 @@ def report():
                   f"{row['failed']} | {row['taken_over']} | {row['drain_seconds']:.1f} s |")
 
 
-class Workers:
-    """The case's worker processes, each sampled for moderation_jobs_completed_total until it exits."""
-
-    def __init__(self, stack):
-        self.stack, self.procs, self.counted, self.closed = stack, [], {}, False
-        self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-
-    def start(self):
-        self.stack.workers += 1
-        port = free_port()
-        proc = start_worker({**self.stack.env, "WORKER_METRICS_PORT": str(port)},
-                            self.stack.logs / f"worker-{self.stack.workers}.log", models=[MODEL])
-        proc.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        self.procs.append(proc)
-        return proc
-
-    @property
-    def current(self):
-        return self.procs[-1]
-
-    def _read(self, proc) -> None:
-        try:
-            samples = worker_samples(proc.metrics_url)
-        except requests.RequestException:
-            return
-        self.counted[proc.process.pid] = sum(metric(samples, names.JOBS_COMPLETED_TOTAL, MODEL, status=s)
-                                             for s in ("succeeded", "failed"))
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.2):
-            for proc in list(self.procs):
-                if proc.alive():
-                    self._read(proc)
-
-    def close(self, expected: int = 0) -> int:
-        """Stop sampling once the live ones' counts add up to `expected` (a counter moves just after the results
-        it counts are stored), or after 10 s; stop the workers; the jobs they counted."""
-        if self.closed:
-            return sum(self.counted.values())
-        self.closed = True
-        self._stop.set()
-        self._sampler.join(5)
-
-        def counted_all() -> bool:
-            for proc in self.procs:
-                if proc.alive():
-                    self._read(proc)
-            return sum(self.counted.values()) >= expected
-        try:
-            wait_until(counted_all, timeout=10, interval=0.2, what="the workers' counters")
-        except AssertionError:
-            pass  # the caller compares the counts
-        for proc in self.procs:
-            proc.stop()
-        return sum(self.counted.values())
-
-
-class DoneMessages:
-    """Every job's done message (the finish script publishes one only when it stores the job), counted,
-    read straight from the store's redis-server (not through the proxy the faults cut)."""
-
-    def __init__(self, url: str):
-        self.counts: Counter = Counter()
-        pubsub = redis.Redis.from_url(url, decode_responses=True).pubsub(ignore_subscribe_messages=True)
-        pubsub.psubscribe(**{f"{KEY_PREFIX}*{DONE_SUFFIX}": self._count})
-        # redis-py's own listener thread: stop() ends its loop, and the thread closes the connection itself.
-        self._thread = pubsub.run_in_thread(sleep_time=0.2, daemon=True,
-                                            exception_handler=lambda exc, _pubsub, thread: thread.stop())
-
-    def _count(self, message: dict) -> None:
-        self.counts[message["channel"][len(KEY_PREFIX):-len(DONE_SUFFIX)]] += 1
-
-    def close(self) -> None:
-        self._thread.stop()
-        self._thread.join(5)
-
-
-def submit_accepted(api_url: str, texts: list[str]) -> list[str]:
-    """Submit each text until accepted, as a client honouring 503 + Retry-After does (right after the
-    previous case's broker outage the API's first publish may be refused); the accepted job ids."""
-    def post(text):
-        for _ in range(30):
-            response = requests.post(api_url + "/generate", json={"input_text": text}, timeout=30)
-            if response.status_code == 202:
-                return response.json()["job_id"]
-            assert response.status_code == 503, response.text
-            time.sleep(float(response.headers.get("Retry-After", 1)))
-        raise AssertionError(f"not accepted after 30 tries: {response.text}")
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(post, texts))
-
-
-def unfinished(stack, job_ids: list[str]) -> int:
-    return sum(status not in ("succeeded", "failed", "canceled") for status, _ in stack.records.states(job_ids))
-
-
-def deaths(stack, job_ids: list[str]) -> list[int]:
-    """Each job's counted deaths (a worker's expired lease taken over after it handed the job to the model)."""
-    pipe = stack.store.client().pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hget(DELIVERIES_PREFIX + job_id, "deaths")
-    return [int(value or 0) for value in pipe.execute()]
-
-
 @pytest.mark.parametrize("fault", FAULTS)
 def test_every_accepted_job_finishes_once(stack, fault):
     print(f"\n[fault matrix] {fault} on {stack.kind}: logs (API, workers, store and broker servers) in {stack.logs}")
     done = DoneMessages(stack.store.url)
-    workers = Workers(stack)
+    workers = Workers(stack, MODEL)
     died = fault in ("worker-sigkill", "worker-sigterm")
     try:
         if fault == "api-restart":
@@ -245,34 +135,16 @@ def test_every_accepted_job_finishes_once(stack, fault):
                        what="the worker to finish its first jobs")
             fault_started = time.monotonic()
             job_ids += apply(stack, workers, fault)
-        try:
-            wait_until(lambda: unfinished(stack, job_ids) == 0, timeout=240, interval=0.25,
-                       what="every accepted job to finish")
-        except AssertionError:
-            pass  # counted as lost below
-        drain = time.monotonic() - fault_started
-        wait_until(lambda: sum(done.counts[j] for j in job_ids) >= len(job_ids) - unfinished(stack, job_ids),
-                   timeout=10, what="the done messages")
-        statuses = [status for status, _ in stack.records.states(job_ids)]
-        # Every job stored during the case, accepted or not (a client whose connection an API restart cut may
-        # never see the 202 of a job the API did accept): each must be stored once and counted once.
-        stored = len(done.counts)
-        job_deaths = deaths(stack, job_ids)
-        counted = workers.close(expected=0 if died else stored)
+        counts = tally(stack, done, workers, job_ids, fault_started, died)
     finally:
         done.close()
         workers.close()
-    row = {"fault": fault, "broker": stack.kind, "jobs": len(job_ids),
-           "lost": sum(s not in ("succeeded", "failed") for s in statuses), "failed": statuses.count("failed"),
-           "duplicated": sum(n > 1 for n in done.counts.values()) + max(0, int(counted) - stored),
-           "counted": int(counted), "stored": stored, "unseen_by_client": len(set(done.counts) - set(job_ids)),
-           "taken_over": sum(n > 0 for n in job_deaths), "most_deaths": max(job_deaths, default=0),
-           "drain_seconds": round(drain, 1), "workers": len(workers.procs)}
+    row = {"fault": fault, "broker": stack.kind, **counts}
     ROWS.append(row)
     print(f"\n[fault matrix] {row}")
     assert row["lost"] == 0 and row["failed"] == 0 and row["duplicated"] == 0, row
     if not died:  # every worker lived to the end (a SIGSTOPped one too): its counter is exact
-        assert counted == stored, row
+        assert row["counted"] == row["stored"], row
     # A job taken over counts one death (the worker that held it stopped renewing its lease), never more.
     assert row["most_deaths"] <= 1, row
 

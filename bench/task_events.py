@@ -21,7 +21,6 @@ import os
 import re
 import statistics
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -36,41 +35,11 @@ from shared.celery_app import make_celery
 from shared.config import BUNDLED_MODEL_PATH, PROJECT_ROOT, load_settings
 from shared.jobs import JobRecord, JobStore
 from shared.queues import MODERATE_TASK, queue_for_model
+from tests.celery_events import EventLog
 
 RESULTS_FILE = PROJECT_ROOT / "bench" / "results" / "task_events.md"
 MODEL = "default"
 QUEUE = queue_for_model(MODEL)
-
-
-class EventCounter:
-    """Celery's own event receiver on the broker, counting events by type (what celery-exporter runs)."""
-
-    def __init__(self, app):
-        self.app, self.counts, self._receiver = app, {}, None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._lock = threading.Lock()
-
-    def _run(self):
-        with self.app.connection_for_read() as connection:
-            self._receiver = self.app.events.Receiver(connection, handlers={"*": self._count})
-            self._receiver.capture(limit=None, timeout=None, wakeup=False)
-
-    def _count(self, event):
-        with self._lock:
-            self.counts[event["type"]] = self.counts.get(event["type"], 0) + 1
-
-    def task_events(self) -> dict[str, int]:
-        with self._lock:
-            return {name: count for name, count in sorted(self.counts.items()) if name.startswith("task-")}
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._receiver is not None:
-            self._receiver.should_stop = True
-        self._thread.join(10)
 
 
 def texts_processed(metrics_url: str) -> float:
@@ -99,7 +68,7 @@ def one_run(redis: RedisServer, model_path: str, texts: list[str], tokens: list[
     metrics_url = f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics"
     load_before = os.getloadavg()[0]
     client.config_resetstat()
-    with EventCounter(celery) as counter:
+    with EventLog(celery) as log:
         time.sleep(1)  # the receiver subscribes before the worker sends anything
         worker = start_worker(env, logs / f"{name}.log", models=[MODEL])
         try:
@@ -113,7 +82,7 @@ def one_run(redis: RedisServer, model_path: str, texts: list[str], tokens: list[
             else:
                 raise RuntimeError(f"{name}: {samples[-1][2]:.0f} of {jobs} texts after 900 s")
             time.sleep(3)  # the last batch's events (flushed on the worker's next loop turn) and a heartbeat
-            events = counter.task_events()
+            events = log.task_event_counts()
         finally:
             worker.stop()
     load_after = os.getloadavg()[0]

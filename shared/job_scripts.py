@@ -41,6 +41,22 @@ if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[3], ARGV[5]) end
 return depth
 """
 
+# Shared by FINISH and CANCEL: drops the job from its queue's bucket of the pending index, if that key is among
+# KEYS[first..] (ARGV[first + argv_shift..] name their queues, one per key). Returns the job's queue when its
+# pending key was not given (the caller removes the entry then), else ''.
+_DROP_PENDING = """
+local function drop_pending(job, first, argv_shift, job_id)
+  local queue = redis.call('HGET', job, 'queue') or ''
+  for i = first, #KEYS do
+    if ARGV[i + argv_shift] == queue then
+      redis.call('ZREM', KEYS[i], job_id)
+      return ''
+    end
+  end
+  return queue
+end
+"""
+
 # Finishing: KEYS job, done channel, webhook outbox, deliveries, then the job's bucket of the pending index of
 # each queue the caller knows (shared/keyspace.py: every key a script touches is declared, all in one hash
 # slot on a cluster). ARGV: status, finished_at, results, error, TTL, publish command (PUBLISH, or SPUBLISH on
@@ -50,7 +66,7 @@ return depth
 # a token) only the current owner finishes. Returns {1 (finished now), 2 (already finished by this owner's same
 # claim: a retried call whose first run went through), or 0; the job's queue if this call finished it and its
 # pending index was not among KEYS (the caller removes the entry then), else ''}.
-FINISH = """
+FINISH = _DROP_PENDING + """
 local status = redis.call('HGET', KEYS[1], 'status')
 local fenced = ARGV[10] ~= ''
 local lease = redis.call('HMGET', KEYS[4], 'owner', 'token')
@@ -65,14 +81,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2], 'results'
            'finished_by', ARGV[9])
 redis.call('HDEL', KEYS[1], 'texts', 'texts_z', 'text_tokens', 'cursor', 'partial')
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-local queue = redis.call('HGET', KEYS[1], 'queue') or ''
-local missed = queue
-for i = 5, #KEYS do
-  if ARGV[i + 7] == queue then
-    redis.call('ZREM', KEYS[i], ARGV[7])
-    missed = ''
-  end
-end
+local missed = drop_pending(KEYS[1], 5, 7, ARGV[7])
 -- The webhook outbox entry is written with the result, so a crash before the call is enqueued loses nothing.
 if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7]) end
 -- The finished record itself is the message, so a waiting request needs no read to answer.
@@ -86,19 +95,12 @@ return {1, missed}
 # of the pending index of each queue the caller knows; ARGV finished_at, publish command, job id, done message
 # prefix, then one queue name per pending key. Answers {1, the job's queue if its pending index was not among
 # KEYS, else ''}, or {the status it found (nil: unknown), ''}.
-CANCEL = """
+CANCEL = _DROP_PENDING + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' then return {status, ''} end
 redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'texts', 'texts_z', 'text_tokens', 'cursor', 'partial')
-local queue = redis.call('HGET', KEYS[1], 'queue') or ''
-local missed = queue
-for i = 3, #KEYS do
-  if ARGV[i + 2] == queue then
-    redis.call('ZREM', KEYS[i], ARGV[3])
-    missed = ''
-  end
-end
+local missed = drop_pending(KEYS[1], 3, 2, ARGV[3])
 redis.call(ARGV[2], KEYS[2], ARGV[4] .. 'canceled')
 return {1, missed}
 """

@@ -14,11 +14,13 @@ Shared by the fault matrix (tests/faults/) and the node-loss tests (tests/cluste
 
 from __future__ import annotations
 
+import json
 import select
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import redis
 import requests
@@ -248,3 +250,14 @@ def tally(stack, done: DoneMessages, workers: Workers, job_ids: list[str], since
             "counted": int(counted), "stored": stored, "unseen_by_client": len(set(done.counts) - set(job_ids)),
             "taken_over": sum(n > 0 for n in job_deaths), "most_deaths": max(job_deaths, default=0),
             "drain_seconds": round(drain, 1), "workers": len(workers.procs)}
+
+
+def write_report(path: Path, rows: list[dict], columns: dict[str, str]) -> None:
+    """The case rows as JSON at `path`, and printed as a markdown table: heading -> format of one row's cell."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+    print("\n\n| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(cell.format(**row) for cell in columns.values()) + " |")

@@ -24,6 +24,7 @@ from tests.test_deploy_files import (
     REDIS_EXPORTER_METRICS,
     require_tool,
     run,
+    write_rules_for_promtool,
 )
 
 NAMESPACE = "moderation-ns"
@@ -215,12 +216,8 @@ def test_rendered_alerts_fire_on_the_series_kubernetes_scrapes(tmp_path):
     promtool = require_tool("promtool", "prometheus")
     docs = render("prod", namespace=NAMESPACE)
     (rule,) = of_kind(docs, "PrometheusRule")
-    groups = rule["spec"]["groups"]
-    for group in groups:
-        for r in group["rules"]:
-            r.pop("annotations", None)
     rules_file = tmp_path / "rendered.yml"
-    rules_file.write_text(yaml.safe_dump({"groups": groups}))
+    write_rules_for_promtool(rule["spec"]["groups"], rules_file)
     assert run([promtool, "check", "rules", str(rules_file)]).returncode == 0
     jobs = {kind: job for job, kind in monitor_jobs(docs).items()}
     tests_file = tmp_path / "rendered_test.yml"

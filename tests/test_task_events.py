@@ -8,7 +8,6 @@ saw worker heartbeats only, with `processed=0`.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -18,59 +17,11 @@ import pytest
 from shared.celery_app import make_celery
 from shared.jobs import FINISHED, JobRecord, JobStore
 from shared.queues import MODERATE_TASK, queue_for_model
+from tests.celery_events import EventLog
 from tests.support import base_env, broker_for, distinct_texts, start_worker, wait_until
 
 MODEL = "tiny"
 QUEUE = queue_for_model(MODEL)
-
-
-class EventLog:
-    """Every event on the broker, captured by Celery's own Receiver on a thread of its own, and fed to
-    Celery's own State (what Flower and celery-exporter keep)."""
-
-    def __init__(self, app):
-        self.app, self.events, self.state = app, [], app.events.State()
-        self._lock = threading.Lock()
-        self._receiver = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        with self.app.connection_for_read() as connection:
-            self._receiver = self.app.events.Receiver(connection, handlers={"*": self._on_event})
-            self._receiver.capture(limit=None, timeout=None, wakeup=False)
-
-    def _on_event(self, event):
-        with self._lock:
-            self.events.append(event)
-            self.state.event(event)
-
-    def __enter__(self) -> EventLog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._receiver is not None:
-            self._receiver.should_stop = True
-        self._thread.join(10)
-
-    def of(self, uuid_: str) -> list[dict]:
-        with self._lock:
-            return [event for event in self.events if event.get("uuid") == uuid_]
-
-    def types(self, uuid_: str) -> list[str]:
-        return [event["type"] for event in self.of(uuid_)]
-
-    def heartbeats(self, hostname: str) -> list[dict]:
-        with self._lock:
-            return [event for event in self.events
-                    if event["type"] == "worker-heartbeat" and event["hostname"] == hostname]
-
-    def wait_for_heartbeat(self, hostname: str, after: float = 0.0) -> dict:
-        """A heartbeat of this worker sent after `after` (local time): the receiver is consuming, and what the
-        worker sent before it has been flushed (its event loop ran a timer since)."""
-        return wait_until(lambda: next((event for event in self.heartbeats(hostname)
-                                        if event["local_received"] > after), None), timeout=30,
-                          what=f"a heartbeat of {hostname}")
 
 
 class Stack:

@@ -29,7 +29,6 @@ Run by `make test-cluster` (MODERATION_CLUSTER_TESTS=1), not by `make test`.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -48,7 +47,15 @@ from shared.jobs import JobStore
 from shared.queues import queue_for_model
 from shared.redis_client import make_redis
 from tests.hooked_worker import command as hooked_worker
-from tests.job_accounting import DoneMessages, ShardedDoneMessages, Workers, submit_accepted, tally, unfinished
+from tests.job_accounting import (
+    DoneMessages,
+    ShardedDoneMessages,
+    Workers,
+    submit_accepted,
+    tally,
+    unfinished,
+    write_report,
+)
 from tests.support import RedisServer, base_env, distinct_texts, start_api, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("MODERATION_CLUSTER_TESTS") != "1",
@@ -80,19 +87,15 @@ def redis_cluster_support():
 @pytest.fixture(scope="session", autouse=True)
 def report():
     yield
-    if ROWS:
-        REPORT.parent.mkdir(parents=True, exist_ok=True)
-        REPORT.write_text(json.dumps(ROWS, indent=1))
-        print("\n\n| fault | jobs | in flight at the kill | lost | duplicated | failed | first job finished after "
-              "the kill | all finished | longest pause | Redis replica promoted / lost node back | 503s retried |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|")
-        for row in ROWS:
-            redis_times = (f"{row['redis_promoted_s']:.1f} s / {row['redis_replica_back_s']:.1f} s"
-                           if "redis_promoted_s" in row else "—")
-            print(f"| {row['fault']} | {row['jobs']} | {row['in_flight_at_kill']} | {row['lost']} | "
-                  f"{row['duplicated']} | {row['failed']} | {row['first_finish_s']:.1f} s | "
-                  f"{row['all_finished_s']:.1f} s | {row['longest_pause_s']:.1f} s | {redis_times} | "
-                  f"{row['refused']} |")
+    for row in ROWS:
+        row.setdefault("redis_times", f"{row['redis_promoted_s']:.1f} s / {row['redis_replica_back_s']:.1f} s"
+                       if "redis_promoted_s" in row else "—")
+    write_report(REPORT, ROWS, {
+        "fault": "{fault}", "jobs": "{jobs}", "in flight at the kill": "{in_flight_at_kill}", "lost": "{lost}",
+        "duplicated": "{duplicated}", "failed": "{failed}",
+        "first job finished after the kill": "{first_finish_s:.1f} s", "all finished": "{all_finished_s:.1f} s",
+        "longest pause": "{longest_pause_s:.1f} s", "Redis replica promoted / lost node back": "{redis_times}",
+        "503s retried": "{refused}"})
 
 
 def build_stack(case: str, model_path, logs, cleanup: ExitStack) -> SimpleNamespace:

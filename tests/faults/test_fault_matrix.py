@@ -30,7 +30,6 @@ Run by `make test-faults` (MODERATION_FAULT_TESTS=1): 10 to 15 minutes, so not p
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -46,7 +45,7 @@ import requests
 from scripts import rabbitmq
 from scripts.launch import ROOT
 from shared.jobs import JobStore
-from tests.job_accounting import DoneMessages, Workers, submit_accepted, tally, unfinished
+from tests.job_accounting import DoneMessages, Workers, submit_accepted, tally, unfinished, write_report
 from tests.support import (
     RabbitVhost,
     RedisServer,
@@ -109,14 +108,9 @@ def stack(request, tiny_multilabel_model, tmp_path_factory):
 @pytest.fixture(scope="session", autouse=True)
 def report():
     yield
-    if ROWS:
-        REPORT.parent.mkdir(parents=True, exist_ok=True)
-        REPORT.write_text(json.dumps(ROWS, indent=1))
-        print("\n\n| fault | broker | jobs | lost | duplicated | failed | taken over | drain time |\n"
-              "|---|---|---|---|---|---|---|---|")
-        for row in ROWS:
-            print(f"| {row['fault']} | {row['broker']} | {row['jobs']} | {row['lost']} | {row['duplicated']} | "
-                  f"{row['failed']} | {row['taken_over']} | {row['drain_seconds']:.1f} s |")
+    write_report(REPORT, ROWS, {"fault": "{fault}", "broker": "{broker}", "jobs": "{jobs}", "lost": "{lost}",
+                                "duplicated": "{duplicated}", "failed": "{failed}", "taken over": "{taken_over}",
+                                "drain time": "{drain_seconds:.1f} s"})
 
 
 @pytest.mark.parametrize("fault", FAULTS)

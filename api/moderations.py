@@ -38,7 +38,8 @@ def _configured_name(requested: str | None, models: dict[str, ModelSpec]) -> str
 
 def openai_result(stored: dict) -> s.OpenAIModeration:
     """OpenAI's categories in OpenAI's order (false, 0.0 and applied to no input type where the model lacks
-    one), then the model's other labels under their own names; each label the model scored applies to text."""
+    one), then the model's other labels under their own names; each label the model scored applies to text.
+    A cascade model's "stage" is left out, as OpenAI's shape has no such field: GET /jobs/<job id> shows it."""
     result = s.ModerationResult.model_validate(stored)
     names = list(dict.fromkeys([*s.OPENAI_CATEGORIES, *result.categories]))
     return s.OpenAIModeration(

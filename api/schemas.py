@@ -101,6 +101,14 @@ class Ready(BaseModel):
     workers: int
 
 
+class CascadeInfo(BaseModel):
+    """A cascade model's stages (shared/cascade.py): windows the fast model is unsure of go to the accurate one."""
+    fast: Annotated[str, Field(description="the fast stage's model id")]
+    accurate: Annotated[str, Field(description="the accurate stage's model id")]
+    band: Annotated[float, Field(ge=0, description="logit units around each fast threshold sent on to the "
+                                                   "accurate stage (CASCADE_BAND, else the folder's)")]
+
+
 class ModelInfo(BaseModel):
     name: str
     id: Annotated[str, Field(description="the served model's id, as /v1/moderations answers it")]
@@ -109,6 +117,7 @@ class ModelInfo(BaseModel):
     thresholds: dict[str, float]
     safe_labels: list[str]
     multi_label: bool
+    cascade: Annotated[CascadeInfo | None, Field(description="null unless the model is a two-stage cascade")]
     live_workers: int | None
 
 

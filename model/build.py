@@ -49,13 +49,19 @@ def input_fingerprint(artifact_dir):
     return hashlib.sha256("".join(sha256_of(p) for p in paths).encode()).hexdigest()
 
 
+def up_to_date(output_dir, fingerprint):
+    """Whether the folder holds a build of exactly these inputs (its stamp), so building again can be skipped."""
+    stamp_path = os.path.join(output_dir, STAMP_FILE)
+    return os.path.exists(os.path.join(output_dir, "model.safetensors")) and os.path.exists(stamp_path) \
+        and open(stamp_path).read().strip() == fingerprint
+
+
 def build(artifact_dir=ARTIFACT_DIR, output_dir=DEFAULT_OUTPUT_DIR, force=False):
     """Write the model folder; returns its absolute path."""
     output_dir = os.path.abspath(output_dir)
     stamp_path = os.path.join(output_dir, STAMP_FILE)
     fingerprint = input_fingerprint(artifact_dir)
-    if not force and os.path.exists(os.path.join(output_dir, "model.safetensors")) \
-            and os.path.exists(stamp_path) and open(stamp_path).read().strip() == fingerprint:
+    if not force and up_to_date(output_dir, fingerprint):
         return output_dir
     with open(os.path.join(artifact_dir, "model.json")) as f:
         model_info = json.load(f)

@@ -8,8 +8,9 @@
    into the classifier head (weight * a, bias * a + b), so every engine serves calibrated scores with
    no change to the worker.
 2. Thresholds for a false-flag budget on realistic clean text (model/clean_sets.py, development half):
-   per label the lowest threshold that flags at most PER_LABEL_BUDGET of it, tightened until any
-   label flags at most ANY_LABEL_BUDGET. The test half is left for `make eval-model` to report.
+   per label the lowest threshold that flags at most its PER_LABEL_BUDGETS share of it, tightened until
+   any label flags at most ANY_LABEL_BUDGET (`--thresholds-only` redoes just this step). The test half
+   is left for `make eval-model` to report.
 
 Thresholds stay in model/artifact/model.json (the build writes them into config.json's `thresholds`,
 which shared/model_registry.py reads for worker/policy.py).
@@ -35,8 +36,13 @@ from model.data import LABELS, load_splits
 from model.evaluate import engine_scores, label_arrays, label_metrics, load_engine
 from model.modeling import ARTIFACT_DIR, BASE_MODEL_DIR, build_classifier
 
-PER_LABEL_BUDGET = 0.02  # share of realistic clean text one label may flag
+# Share of realistic clean text each label may flag. Not an even 2% each: hate and harassment are the weak
+# spots (validation recall 0.24 / 0.15 at 2%), while self-harm and sexual keep their recall (0.89 / 0.91) at
+# 0.5%, and their 2% thresholds (0.015 / 0.03) had texts of other categories bleed into them ("I hope you die
+# in a fire" came back self-harm). Chosen on the validation split and the clean development half only.
+PER_LABEL_BUDGETS = {"hate": 0.025, "harassment": 0.025, "violence": 0.015, "self-harm": 0.005, "sexual": 0.005}
 ANY_LABEL_BUDGET = 0.07  # share any label may flag on the development half (the target is 8% on unseen text)
+BUDGET_STEP = 0.125  # the per-label budgets shrink by this share of themselves until the any-label one holds
 THRESHOLD_GRID = np.round(np.arange(0.01, 0.995, 0.005), 3)
 EPSILON = 1e-6
 
@@ -77,21 +83,22 @@ def flag_rates(scores: np.ndarray, thresholds: dict, weights: np.ndarray) -> tup
             float(weights @ flags.any(axis=1)))
 
 
-def budget_thresholds(scores: np.ndarray, sources: list[str], per_label=PER_LABEL_BUDGET,
+def budget_thresholds(scores: np.ndarray, sources: list[str], per_label=None,
                       any_label=ANY_LABEL_BUDGET) -> dict[str, float]:
-    """The lowest grid threshold per label within the per-label budget, the budget tightened in steps of
-    0.25 points until the any-label rate is within its budget as well."""
+    """The lowest grid threshold per label within its budget (PER_LABEL_BUDGETS), the budgets tightened in
+    steps of BUDGET_STEP of themselves until the any-label rate is within its budget as well."""
     weights = source_weights(sources)
-    budget = per_label
+    budgets = per_label or PER_LABEL_BUDGETS
+    scale = 1.0
     while True:
         thresholds = {}
         for j, label in enumerate(LABELS):
             rates = np.array([weights @ (scores[:, j] >= t) for t in THRESHOLD_GRID])
-            within = np.flatnonzero(rates <= budget)
+            within = np.flatnonzero(rates <= budgets[label] * scale)
             thresholds[label] = float(THRESHOLD_GRID[within[0]] if len(within) else THRESHOLD_GRID[-1])
-        if flag_rates(scores, thresholds, weights)[1] <= any_label or budget <= 0.0025:
+        if flag_rates(scores, thresholds, weights)[1] <= any_label or scale <= BUDGET_STEP:
             return thresholds
-        budget -= 0.0025
+        scale -= BUDGET_STEP
 
 
 def validation_record(examples, scores: np.ndarray, thresholds: dict) -> dict:
@@ -106,13 +113,13 @@ def validation_record(examples, scores: np.ndarray, thresholds: dict) -> dict:
             "any_label_recall": round(float(flagged[harmful].mean()), 4), "harmful_texts": int(harmful.sum())}
 
 
-def fold_into_head(weights: dict, platt: dict) -> dict:
-    """The artifact's weights with sigmoid(a * logit + b) built into the classifier head."""
+def fold_into_head(weights: dict, platt: dict, head: str = "classifier") -> dict:
+    """The artifact's weights with sigmoid(a * logit + b) built into the classifier's output layer (`head`)."""
     a = torch.tensor([platt[label]["a"] for label in LABELS], dtype=torch.float32)
     b = torch.tensor([platt[label]["b"] for label in LABELS], dtype=torch.float32)
     folded = dict(weights)
-    folded["classifier.weight"] = (weights["classifier.weight"].float() * a[:, None]).to(torch.float16)
-    folded["classifier.bias"] = (weights["classifier.bias"].float() * a + b).to(torch.float16)
+    folded[f"{head}.weight"] = (weights[f"{head}.weight"].float() * a[:, None]).to(torch.float16)
+    folded[f"{head}.bias"] = (weights[f"{head}.bias"].float() * a + b).to(torch.float16)
     return folded
 
 
@@ -124,7 +131,8 @@ def combined(previous: dict | None, platt: dict) -> dict:
                     "b": platt[label]["a"] * previous[label]["b"] + platt[label]["b"]} for label in LABELS}
 
 
-def calibrate(datasets_dir: str, artifact_dir: str = ARTIFACT_DIR, threads: int = 0) -> dict:
+def calibrate(datasets_dir: str, artifact_dir: str = ARTIFACT_DIR, threads: int = 0, refit: bool = True) -> dict:
+    """Platt scaling (unless refit is False: the head as it is, thresholds chosen again) and thresholds."""
     with tempfile.TemporaryDirectory() as work:
         model_path = build.build(artifact_dir, os.path.join(work, "model"))
         classifier = load_engine(model_path, "onnx", "int8", threads)
@@ -133,21 +141,25 @@ def calibrate(datasets_dir: str, artifact_dir: str = ARTIFACT_DIR, threads: int 
         val_scores = engine_scores(classifier, [e.text for e in splits["val"]])
         clean_scores = engine_scores(classifier, [c.text for c in clean_dev])
     labels, mask = label_arrays(splits["val"])
-    platt = fit_platt(val_scores, labels, mask)
+    platt = fit_platt(val_scores, labels, mask) if refit else {label: {"a": 1.0, "b": 0.0} for label in LABELS}
     clean_calibrated, clean_sources = apply_platt(clean_scores, platt), [c.source for c in clean_dev]
     thresholds = budget_thresholds(clean_calibrated, clean_sources)
     per_label, any_label = flag_rates(clean_calibrated, thresholds, source_weights(clean_sources))
     validation = validation_record(splits["val"], apply_platt(val_scores, platt), thresholds)
 
     weights_path = os.path.join(artifact_dir, "weights.safetensors")
-    save_file(fold_into_head(load_file(weights_path), platt), weights_path, metadata={"format": "pt"})
-    os.chmod(weights_path, 0o644)
     info_path = os.path.join(artifact_dir, "model.json")
     with open(info_path) as f:
         info = json.load(f)
-    record = {"method": "platt", "fitted_on": f"validation split, {len(splits['val'])} texts, onnx int8, windows",
-              "labels": combined(info.get("calibration", {}).get("labels"), platt),
-              "threshold_rule": {"per_label_budget": PER_LABEL_BUDGET, "any_label_budget": ANY_LABEL_BUDGET,
+    previous = info.get("calibration", {})
+    if refit:
+        save_file(fold_into_head(load_file(weights_path), platt), weights_path, metadata={"format": "pt"})
+        os.chmod(weights_path, 0o644)
+    record = {"method": "platt",
+              "fitted_on": (f"validation split, {len(splits['val'])} texts, onnx int8, windows" if refit
+                            else previous.get("fitted_on")),
+              "labels": combined(previous.get("labels"), platt) if refit else previous.get("labels"),
+              "threshold_rule": {"per_label_budget": PER_LABEL_BUDGETS, "any_label_budget": ANY_LABEL_BUDGET,
                                  "chosen_on": f"realistic clean text, development half ({len(clean_dev)} texts)",
                                  "dev_flag_rate": {"per_label": {k: round(v, 4) for k, v in per_label.items()},
                                                    "any_label": round(any_label, 4)}},
@@ -179,8 +191,10 @@ def main(argv=None) -> None:
     parser.add_argument("datasets_dir", help="the shared datasets folder (../shared/datasets)")
     parser.add_argument("--artifact", default=ARTIFACT_DIR)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--thresholds-only", action="store_true",
+                        help="keep the head's calibration; choose the thresholds again (after changing the budgets)")
     args = parser.parse_args(argv)
-    record = calibrate(args.datasets_dir, args.artifact, args.threads)
+    record = calibrate(args.datasets_dir, args.artifact, args.threads, refit=not args.thresholds_only)
     print(json.dumps({label: {k: round(v, 3) for k, v in entry.items()} for label, entry in record["labels"].items()}))
     print("thresholds", json.dumps(json.load(open(os.path.join(args.artifact, "model.json")))["thresholds"]))
     print("development half flag rates", json.dumps(record["threshold_rule"]["dev_flag_rate"]))

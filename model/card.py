@@ -41,6 +41,13 @@ def _engines_section(metrics):
             + "\n".join(rows))
 
 
+def _budgets(per_label) -> str:
+    """The per-label budget as the card states it: one share, or each label's (model/calibrate.py)."""
+    if isinstance(per_label, dict):
+        return "(" + ", ".join(f"{label} {100 * share:.1f}%" for label, share in per_label.items()) + ")"
+    return f"{100 * per_label:.1f}%"
+
+
 def _calibration_section(model_info, report):
     """Calibration, the threshold rule and the served precision / recall per label."""
     calibration = model_info.get("calibration")
@@ -65,7 +72,7 @@ def _calibration_section(model_info, report):
 scores. Thresholds are chosen for a false-flag budget on realistic clean text never trained on
 (`model/clean_sets.py`: news comments rated not toxic, neutral statements about groups, clean tweets and
 comments, everyday posts written for it): the lowest threshold per label that flags at most
-{100 * rule['per_label_budget']:.1f}% of the {rule['chosen_on']}, tightened until any label flags at most
+{_budgets(rule['per_label_budget'])} of the {rule['chosen_on']}, tightened until any label flags at most
 {100 * rule['any_label_budget']:.0f}% of it (there: {100 * rule['dev_flag_rate']['any_label']:.1f}%). On the
 test half, any label flags {any_test}. Precision and recall below are at these thresholds on the pooled
 held-out test split as served (`onnx-int8`, long texts in windows); its mix of sources is not ordinary

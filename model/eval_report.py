@@ -205,8 +205,8 @@ def render_markdown(report):
     lines += validation_lines((report.get("calibration") or {}).get("validation"))
     clean = served["realistic_clean"]
     lines += ["", "## Realistic clean text (never trained on; model/clean_sets.py, test half)", "",
-              "Share flagged at the served thresholds (pooled: each source weighs the same); budget about 2% per "
-              "label and 8% for any label.", ""]
+              "Share flagged at the served thresholds (pooled: each source weighs the same); budget per label "
+              "in model/calibrate.py (PER_LABEL_BUDGETS), 8% for any label.", ""]
     lines += _table(["source", "texts", "any label"] + list(LABELS),
                     [[source, e["texts"], _pct(e["any_label"])] + [_pct(e[label]) for label in LABELS]
                      for source, e in clean.items() if source != "examples"])

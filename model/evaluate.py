@@ -154,7 +154,9 @@ def load_engine(model_path, engine, quantize, threads=0):
 
 
 def engine_scores(classifier, texts):
-    return np.array(classifier.score_many(list(texts), 64, 64 * 64)).reshape(-1, len(LABELS))
+    """Per-label scores (a cascade's rows carry a trailing stage column: left out here)."""
+    rows = classifier.score_many(list(texts), 64, 64 * 64)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), -1)[:, :len(LABELS)]
 
 
 def engine_report(classifier, examples, scores):

@@ -28,15 +28,19 @@ def is_trained_parameter(name, first_trained_layer=FIRST_TRAINED_LAYER):
     return name.startswith(prefix) and int(name[len(prefix):].split(".")[0]) >= first_trained_layer
 
 
-def classifier_config(thresholds=None):
-    """The base encoder's config turned into a multi-label classifier config."""
-    config = BertConfig.from_pretrained(BASE_MODEL_DIR)
-    config.architectures = ["BertForSequenceClassification"]
+def moderation_config(config, architecture, thresholds=None):
+    """An encoder's config turned into the moderation labels' multi-label classifier config (both models')."""
+    config.architectures = [architecture]
     config.problem_type = "multi_label_classification"
     config.id2label = dict(enumerate(LABELS))
     config.label2id = {label: i for i, label in enumerate(LABELS)}
     config.thresholds = dict(thresholds or {label: 0.5 for label in LABELS})
     return config
+
+
+def classifier_config(thresholds=None):
+    """The base encoder's config turned into a multi-label classifier config."""
+    return moderation_config(BertConfig.from_pretrained(BASE_MODEL_DIR), "BertForSequenceClassification", thresholds)
 
 
 def base_state_dict():

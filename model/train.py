@@ -106,15 +106,21 @@ def lower_hidden_states(model, tokenizer, texts, batch_size=64):
     return states
 
 
-def top_logits(model, states):
-    """The trained part of the classifier (upper layers, pooler, head) on cached states."""
-    bert = model.bert
+def padded(states):
+    """Cached per-text states (each trimmed to its length) as one fp32 batch and its attention mask."""
     lengths = [s.shape[0] for s in states]
     hidden = torch.zeros(len(states), max(lengths), states[0].shape[1])
     attention = torch.zeros(len(states), max(lengths), dtype=torch.long)
     for row, state in enumerate(states):
         hidden[row, :lengths[row]] = state.float()
         attention[row, :lengths[row]] = 1
+    return hidden, attention
+
+
+def top_logits(model, states):
+    """The trained part of the classifier (upper layers, pooler, head) on cached states."""
+    bert = model.bert
+    hidden, attention = padded(states)
     mask = bert.get_extended_attention_mask(attention, attention.shape)
     for layer in bert.encoder.layer[FIRST_TRAINED_LAYER:]:
         hidden = layer(hidden, attention_mask=mask)[0]

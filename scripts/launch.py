@@ -64,15 +64,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "a condition"):
-    """Poll predicate() until it returns something truthy (which is returned); fail after `timeout` s."""
+def wait_until(predicate, timeout: float, interval: float = 0.1, what="a condition"):
+    """Poll predicate() until it returns something truthy (which is returned); fail after `timeout` s. `what`
+    names the condition: a string, or a callable whose text is made on failure (a log tail as it is then)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
 
 

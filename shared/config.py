@@ -97,6 +97,11 @@ def _float(env: dict, name: str, default: float, minimum: float = 0.0) -> float:
     return _number(env, name, default, minimum, float, "a number")
 
 
+def _optional_float(env: dict, name: str, minimum: float = 0.0) -> float | None:
+    """A number, or None when unset or empty: the caller's own default applies (e.g. a model folder's)."""
+    return _float(env, name, minimum, minimum) if env.get(name, "").strip() else None
+
+
 def _flag(env: dict, name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -222,6 +227,8 @@ class Settings:
     model_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     safe_labels: frozenset[str] = frozenset()
     worker_models: tuple[str, ...] = ()
+    # A cascade model's band (logit units, shared/cascade.py) for every cascade served; None: each folder's own.
+    cascade_band: float | None = None
     # API limits
     max_batch_items: int = 256
     max_text_chars: int = 20_000
@@ -335,6 +342,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         safe_labels=frozenset(label.lower() for label in
                               _csv(env.get("SAFE_LABELS", "").strip() or DEFAULT_SAFE_LABELS)),
         worker_models=worker_models,
+        cascade_band=_optional_float(env, "CASCADE_BAND"),
         max_batch_items=_int(env, "MAX_BATCH_ITEMS", 256, 1),
         max_text_chars=_int(env, "MAX_TEXT_CHARS", 20_000, 1),
         max_content_length=_int(env, "MAX_CONTENT_LENGTH", 1024 * 1024, 1024),

@@ -39,6 +39,9 @@ WORKER_INFO = "moderation_worker_info"
 # ("light": finished in one slice, "bulk": several), the fairness panel's source
 JOB_SLICES = "moderation_job_slices"
 JOB_LATENCY_SECONDS = "moderation_job_latency_seconds"
+# Cascade models (worker/cascade.py): windows each stage scored (stage: shared/cascade.py's FAST, every window;
+# ACCURATE, those the fast model was unsure of), so accurate / fast is the share sent on to the slower model
+CASCADE_WINDOWS_TOTAL = "moderation_cascade_windows_total"
 
 # Reasons for moderation_requests_rejected_total{reason}
 REJECT_RATE_LIMITED = "rate_limited"
@@ -60,5 +63,5 @@ API_METRICS = (HTTP_REQUESTS_TOTAL, HTTP_REQUEST_DURATION_SECONDS, JOBS_SUBMITTE
                QUEUE_OLDEST_JOB_AGE_SECONDS, QUEUE_PARKED_MESSAGES)
 WORKER_METRICS = (QUEUE_WAIT_SECONDS, INFERENCE_DURATION_SECONDS, BATCH_SIZE, BATCH_TOKENS,
                   JOBS_COMPLETED_TOTAL, TEXTS_PROCESSED_TOTAL, CACHE_HITS_TOTAL, MODEL_LOAD_SECONDS,
-                  WORKER_INFO, JOB_SLICES, JOB_LATENCY_SECONDS)
+                  WORKER_INFO, JOB_SLICES, JOB_LATENCY_SECONDS, CASCADE_WINDOWS_TOTAL)
 ALL_METRICS = API_METRICS + WORKER_METRICS

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.cascade import CascadeConfig
 from shared.config import Settings
 from shared.queues import queue_for_model
 
@@ -28,6 +29,7 @@ class ModelSpec:
     thresholds: dict[str, float]
     safe_labels: frozenset[str]
     multi_label: bool
+    cascade: CascadeConfig | None = None  # a two-stage cascade (shared/cascade.py), its band as served
 
     def describe(self) -> dict:
         return {
@@ -38,6 +40,7 @@ class ModelSpec:
             "thresholds": dict(self.thresholds),
             "safe_labels": sorted(self.safe_labels),
             "multi_label": self.multi_label,
+            "cascade": self.cascade.describe() if self.cascade else None,
         }
 
 
@@ -64,13 +67,15 @@ def served_model_id(path: str, config: dict) -> str:
 
 
 def build_spec(name: str, path: str, config: dict, settings: Settings) -> ModelSpec:
-    """Labels come from id2label; thresholds from the model's own "thresholds" then MODEL_THRESHOLDS."""
+    """Labels come from id2label; thresholds from the model's own "thresholds" then MODEL_THRESHOLDS; a
+    cascade's band from its "cascade" key unless CASCADE_BAND is set."""
     id2label = config.get("id2label") or {}
     labels = tuple(str(id2label[key]) for key in sorted(id2label, key=int))
     thresholds = {label: DEFAULT_THRESHOLD for label in labels}
     for source in (config.get("thresholds") or {}, settings.model_thresholds.get(name, {})):
         thresholds.update({label: float(v) for label, v in source.items() if label in thresholds})
     safe = frozenset(label for label in labels if label.lower() in settings.safe_labels)
+    cascade = CascadeConfig.of(config)
     return ModelSpec(
         name=name,
         path=path,
@@ -80,6 +85,7 @@ def build_spec(name: str, path: str, config: dict, settings: Settings) -> ModelS
         thresholds=thresholds,
         safe_labels=safe,
         multi_label=config.get("problem_type") == "multi_label_classification",
+        cascade=cascade.with_band(settings.cascade_band) if cascade else None,
     )
 
 

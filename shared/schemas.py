@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.jobs import JobRecord
 
@@ -18,6 +18,10 @@ class ModerationResult(BaseModel):
     flagged: bool
     categories: dict[str, bool]
     category_scores: dict[str, float]
+    # Only a cascade model's results have it (absent from the others', not null: their shape is unchanged).
+    stage: Literal["fast", "accurate"] | None = Field(
+        default=None, exclude_if=lambda stage: stage is None,
+        description="a cascade model's results only: which stage decided the text (accurate: any part of it)")
 
 
 class Job(BaseModel):

@@ -8,6 +8,7 @@ process, as an out-of-memory kill or a native crash in a tokenizer would. The se
 
 from __future__ import annotations
 
+import threading
 import uuid
 from contextlib import ExitStack
 
@@ -21,7 +22,7 @@ from tests.crash_model import build_crash_model
 from tests.hooked_worker import command as hooked_worker
 from tests.support import Proc, base_env, broker_for, wait_until
 from tests.tiny_models import WORDS
-from worker.deliveries import poison_error
+from worker.deliveries import ModelGate, poison_error
 
 MODEL = "tiny"
 QUEUE = queue_for_model(MODEL)
@@ -43,7 +44,7 @@ def poison_stack(broker_kind, redis_server, crash_model, tmp_path):
         # BATCH_MAX_WAIT_MS=300: the marker job and the innocent ones arrive in one batch.
         env = base_env(redis_server.url, MODELS=f"{MODEL}={crash_model}", DEFAULT_MODEL=MODEL,
                        CELERY_BROKER_URL=broker.url, VISIBILITY_TIMEOUT="3", BATCH_MAX_WAIT_MS="300",
-                       MAX_DELIVERIES="3")
+                       MAX_DELIVERIES="3", WORKER_CONCURRENCY="2")  # two batches in one process: one crash
         yield env, broker, JobStore(client, 3600)
 
 
@@ -81,3 +82,39 @@ def test_a_job_that_kills_its_worker_fails_after_max_deliveries_and_the_rest_suc
     assert deaths == 3
     print(f"\n[poison] {broker.kind}: {INNOCENT} innocent jobs succeeded, the marker job failed after {deaths} "
           f"worker deaths")
+
+
+
+def test_a_suspect_job_has_the_model_to_itself():
+    """worker/deliveries.py ModelGate: a suspect waits for the passes in flight and holds back new ones, so the
+    crash it may cause counts against it alone (two batches of one process: the innocent job of the other
+    batch would otherwise die with it, and after MAX_DELIVERIES such crashes be failed as poison)."""
+    gate, log = ModelGate(), []
+    first_in, release_first, later_in = threading.Event(), threading.Event(), threading.Event()
+
+    def batch(name, entered, release=None):
+        with gate.shared():
+            log.append(f"{name} in")
+            entered.set()
+            if release:
+                release.wait(10)
+            log.append(f"{name} out")
+
+    def suspect():
+        with gate.alone():
+            log.append("suspect in")
+            log.append("suspect out")
+
+    threads = [threading.Thread(target=batch, args=("first", first_in, release_first))]
+    threads[0].start()
+    first_in.wait(10)
+    threads.append(threading.Thread(target=suspect))
+    threads[1].start()
+    wait_until(lambda: gate._suspects_waiting == 1, timeout=10, what="the suspect to wait for the first batch")
+    threads.append(threading.Thread(target=batch, args=("later", later_in)))
+    threads[2].start()
+    assert not later_in.wait(0.5), "a batch started beside a pass while a suspect waited for the model"
+    release_first.set()
+    for thread in threads:
+        thread.join(10)
+    assert log == ["first in", "first out", "suspect in", "suspect out", "later in", "later out"]

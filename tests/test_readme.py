@@ -149,11 +149,13 @@ def readme_service(tmp_path_factory):
         stop_group(proc)
 
 
-def test_every_curl_in_the_readme_is_in_the_quick_start():
-    """The quick start's requests are the README's only ones, so every `curl` it prints is run below."""
+def test_every_curl_in_the_readme_is_run():
+    """The quick start's requests are run below, "Choosing a model"'s by tests/cascade (`make test-cascade`):
+    together they are every `curl` the README prints."""
     _, requests_shown = quick_start()
+    cascade = commands_with_samples(shell_blocks(section(README.read_text(), "Choosing a model"))[-1])
     printed = [line for line in README.read_text().splitlines() if line.lstrip().startswith("curl ")]
-    assert len(printed) == len(requests_shown) == 3, printed
+    assert len(printed) == len(requests_shown) + len(cascade) == 4, printed
     assert all(command.startswith("curl ") and sample for command, sample in requests_shown), requests_shown
 
 

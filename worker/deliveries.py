@@ -15,6 +15,10 @@ death, and a clean shutdown that puts prefetched messages back does not count ei
 reached the model. Counting here rather than trusting the broker works the same on Redis (no delivery
 count at all) and RabbitMQ (whose quorum-queue x-delivery-limit is a backstop that parks, never drops,
 shared/celery_app.py).
+
+A process runs WORKER_CONCURRENCY batches at once, and a crash takes all of them down: a job a worker died
+with (a suspect) therefore runs with nothing else of this process at the model (MODEL_GATE), so a death
+counts against it alone, never against an innocent job that shared the process with it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import functools
 import os
 import secrets
 import socket
+import threading
+from contextlib import contextmanager
 
 import redis
 
@@ -71,3 +77,47 @@ class DeliveryCounter:
         for job_id in job_ids:
             pipe.hget(self._key(job_id), "worker")
         return pipe.execute()
+
+
+class ModelGate:
+    """Model work of this process: first-time jobs share it; a suspect holds it alone (writer-preferring, so a
+    waiting suspect is not starved). A batch waits at most for the passes in flight to be stored. The jobs
+    of a batch waiting here are claimed but not yet handed to the model (`attempt` unset): a crash counts
+    no death for them."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._sharing = 0
+        self._alone = False
+        self._suspects_waiting = 0
+
+    @contextmanager
+    def shared(self):
+        with self._changed:
+            self._changed.wait_for(lambda: not self._alone and not self._suspects_waiting)
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._sharing -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def alone(self):
+        with self._changed:
+            self._suspects_waiting += 1
+            try:
+                self._changed.wait_for(lambda: not self._alone and not self._sharing)
+            finally:
+                self._suspects_waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._alone = False
+                self._changed.notify_all()
+
+
+MODEL_GATE = ModelGate()

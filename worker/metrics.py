@@ -33,3 +33,6 @@ JOB_SLICES = Histogram(names.JOB_SLICES, "Slices a job took (1: it ran whole).",
 JOB_LATENCY = Histogram(names.JOB_LATENCY_SECONDS,
                         "Seconds from acceptance to result, by size (light: one slice, bulk: several).",
                         ["model", "size"], buckets=_LATENCY_BUCKETS)
+CASCADE_WINDOWS = Counter(names.CASCADE_WINDOWS_TOTAL,
+                          "Windows a cascade model's stages scored (fast: every window; accurate: those within "
+                          "the band of a threshold, scored again).", ["model", "stage"])

@@ -8,9 +8,9 @@ takes writes and runs it again, so a crash or a store outage never loses a job.
 One run per job: claiming takes a lease on each job (shared/job_scripts.py, renewed by worker/leases.py),
 so a job a live worker holds is not run again concurrently, here or elsewhere, and only the current
 lease's token stores a result. Jobs delivered for the first time share forward passes. A job
-whose previous worker died while running it runs alone, after the batch's first-time jobs are stored:
-if it is what kills the process, it takes no innocent job down with it, and after MAX_DELIVERIES
-deaths it is failed instead of run (worker/deliveries.py).
+whose previous worker died while running it runs alone, after the batch's first-time jobs are stored and
+with no other batch of this process at the model: if it is what kills the process, it takes no innocent
+job down with it, and after MAX_DELIVERIES deaths it is failed instead of run (worker/deliveries.py).
 
 No batch reads more than about SLICE_TOKENS tokens: small jobs run whole and are stored first, a large
 one advances by a slice and goes back to its queue (worker/slices.py). A job past its model's
@@ -31,7 +31,7 @@ from shared.celery_app import celery_app
 from shared.jobs import FAILED, HELD, RUN, SKIP, SUCCEEDED, Claim
 from shared.queues import publish_job, queue_for_model
 from worker import metrics
-from worker.deliveries import poison_error, worker_name
+from worker.deliveries import MODEL_GATE, poison_error, worker_name
 from worker.followups import after_batch
 from worker.inference import PassStats
 from worker.leases import IN_FLIGHT
@@ -249,11 +249,14 @@ def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcom
                 (retried if claim.deaths else fresh).append((job, claim.deaths))
 
     turn = plan_turn([job for job, _ in fresh], settings.slice_tokens)
-    # Small jobs first, stored before any slice runs: their clients are not kept waiting behind one.
-    stored = _store(runtime, live, outcomes + _run_jobs(runtime, [job for job in turn.whole if not job.claim.cursor]))
-    stored += _advance(runtime, live, _resumed(turn.whole) + turn.sliced, turn.postponed)
-    # One job a worker died with per batch, alone and after the others are stored: if it is what kills the
-    # process, it takes no innocent job down with it. The others go back to the queue for later batches.
+    stored = _store(runtime, live, outcomes)
+    with MODEL_GATE.shared():
+        # Small jobs first, stored before any slice runs: their clients are not kept waiting behind one.
+        stored += _store(runtime, live, _run_jobs(runtime, [job for job in turn.whole if not job.claim.cursor]))
+        stored += _advance(runtime, live, _resumed(turn.whole) + turn.sliced, turn.postponed)
+    # One job a worker died with per batch, after the others are stored and with no other batch of this
+    # process at the model (worker/deliveries.py MODEL_GATE): if it is what kills the process, it takes no
+    # innocent job down with it. The others go back to the queue for later batches.
     for job, _ in retried[1:]:
         _put_back(runtime, job, job.claim.cursor, job.claim.partial or [], progressed=False)
     for job, deaths in retried[:1]:
@@ -262,8 +265,9 @@ def _process_jobs(runtime: WorkerRuntime, jobs: list[Job], outcomes: list[Outcom
             stored += _store(runtime, live, [(job.job_id, None, poison_error(deaths))])
             continue
         alone = plan_turn([job], settings.slice_tokens)
-        stored += _store(runtime, live, _run_jobs(runtime, [job for job in alone.whole if not job.claim.cursor]))
-        stored += _advance(runtime, live, _resumed(alone.whole) + alone.sliced, [])
+        with MODEL_GATE.alone():
+            stored += _store(runtime, live, _run_jobs(runtime, [job for job in alone.whole if not job.claim.cursor]))
+            stored += _advance(runtime, live, _resumed(alone.whole) + alone.sliced, [])
     after_batch(store.redis, celery_app, {job.job_id: job.model for job in live}, stored)
     report.done.extend(job.request_id for job in live)
 

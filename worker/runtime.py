@@ -10,13 +10,14 @@ import hashlib
 import logging
 from dataclasses import dataclass, replace
 
-from shared import __version__
+from shared import __version__, cascade
 from shared.config import Settings
 from shared.jobs import JobStore
-from shared.model_registry import ModelSpec, build_spec
+from shared.model_registry import ModelSpec, build_spec, read_model_config
 from shared.redis_client import WORKER_RETRIES, make_redis
 from worker import metrics
 from worker.cache import ScoreCache
+from worker.cascade import CascadeClassifier
 from worker.deliveries import DeliveryCounter
 from worker.inference import TextClassifier, cpu_quota, pick_device
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ServedModel:
     spec: ModelSpec
-    classifier: TextClassifier
+    classifier: TextClassifier | CascadeClassifier
     cache: ScoreCache
 
 
@@ -41,9 +42,28 @@ class WorkerRuntime:
 _runtime: WorkerRuntime | None = None
 
 
-def _fingerprint(name: str, classifier: TextClassifier) -> str:
-    """Cache namespace: changes when the model's config (labels, weights' identity) changes."""
-    return hashlib.sha256(f"{name}\0{classifier.config.to_json_string()}".encode()).hexdigest()[:16]
+def _fingerprint(name: str, classifier: TextClassifier | CascadeClassifier) -> str:
+    """Cache namespace: changes when the model's config (labels, weights' identity) changes, and a cascade's
+    when either stage's config or its band (CASCADE_BAND) does: each changes the scores."""
+    parts = [name, classifier.config.to_json_string()]
+    if isinstance(classifier, CascadeClassifier):
+        parts += [classifier.fast.config.to_json_string(), classifier.accurate.config.to_json_string(),
+                  repr(classifier.band)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def load_classifier(name: str, path: str, settings: Settings, threads: int) -> TextClassifier | CascadeClassifier:
+    """The model folder's classifier: a CascadeClassifier when its config.json has a "cascade" key (its stages'
+    folders resolved against it; shared/cascade.py), else a TextClassifier."""
+    options = {"device": settings.device, "quantize": settings.quantize, "threads": threads,
+               "engine": settings.engine, "cache_dir": settings.engine_cache_dir,
+               "max_text_tokens": settings.max_text_tokens}
+    if cascade.KEY not in read_model_config(path):
+        return TextClassifier(path, **options)
+
+    def count_windows(stage: str, windows: int) -> None:
+        metrics.CASCADE_WINDOWS.labels(name, stage).inc(windows)
+    return CascadeClassifier(path, band=settings.cascade_band, on_windows=count_windows, **options)
 
 
 def batch_concurrency(settings: Settings, device: str) -> int:
@@ -82,8 +102,7 @@ def load_runtime(settings: Settings) -> WorkerRuntime:
     threads = pass_threads(settings, concurrency)
     for name in settings.worker_models:
         path = settings.models[name]
-        classifier = TextClassifier(path, settings.device, settings.quantize, threads, settings.engine,
-                                    settings.engine_cache_dir, settings.max_text_tokens)
+        classifier = load_classifier(name, path, settings, threads)
         spec = build_spec(name, path, classifier.config.to_dict(), settings)
         served[name] = ServedModel(spec, classifier, ScoreCache(client, _fingerprint(name, classifier),
                                                                 settings.cache_ttl))

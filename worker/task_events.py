@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 from celery import signals
 from celery.utils.saferepr import saferepr
@@ -102,15 +103,15 @@ def batch_started(consumer, requests) -> None:
         now = time.time()
         for request in fresh:
             request.time_start = now  # as Celery's Request.on_accepted
-        consumer.call_soon(_started, consumer, [request.id for request in fresh], fresh[0].name)
+        queue_events(consumer, [("task-started", {"uuid": request.id}) for request in fresh])
+        consumer.call_soon(_count_started, len(fresh), fresh[0].name)
     except Exception:  # noqa: BLE001 (monitoring must never fail a batch)
         log.exception("could not send the task-started events of a batch")
 
 
-def _started(consumer, ids: list[str], name: str) -> None:
-    worker_state.total_count[name] += len(ids)
-    worker_state.all_total_count[0] += len(ids)
-    send_events(consumer, [("task-started", {"uuid": uuid}) for uuid in ids])
+def _count_started(count: int, name: str) -> None:
+    worker_state.total_count[name] += count
+    worker_state.all_total_count[0] += count
 
 
 def outcome_events(requests, report: BatchReport, runtime: float) -> list[tuple[str, dict]]:
@@ -141,17 +142,31 @@ def outcome_events(requests, report: BatchReport, runtime: float) -> list[tuple[
     return events
 
 
+# Events in the order they happened, waiting for the event loop. The loop runs the callbacks scheduled in one
+# turn in no set order (kombu's Hub keeps them in a set): a batch that settles at once would otherwise send
+# a copy's `task-rejected` before its `task-started`. Appended from any thread, drained on the loop only.
+_PENDING: deque = deque()
+
+
+def queue_events(consumer, events: list[tuple[str, dict]]) -> None:
+    """From any thread: these events go out after every event queued before them, on the event loop."""
+    _PENDING.extend(events)
+    consumer.call_soon(send_events, consumer, [])
+
+
 def send_events(consumer, events: list[tuple[str, dict]]) -> None:
-    """On the event loop: send them if the worker (still) sends task events. Never raises (an exception in
-    an event-loop callback would stop the consumer); a failed publish is kept by Celery's dispatcher and
-    sent again after a reconnect (buffer_while_offline)."""
+    """On the event loop: the events queued so far, then these, in order; sent if the worker (still) sends
+    task events. Never raises (an exception in an event-loop callback would stop the consumer); a failed
+    publish is kept by Celery's dispatcher and sent again after a reconnect (buffer_while_offline)."""
+    _PENDING.extend(events)
     try:
         dispatcher = task_dispatcher(consumer)
-        if dispatcher is not None:
-            for event_type, fields in events:
+        while _PENDING:
+            event_type, fields = _PENDING.popleft()
+            if dispatcher is not None:
                 dispatcher.send(event_type, **fields)
     except Exception:  # noqa: BLE001
-        log.exception("could not send %d task events", len(events))
+        log.exception("could not send task events (%d still queued)", len(_PENDING))
 
 
 def merge_outcomes(earlier: dict, later: dict) -> dict:

@@ -1,0 +1,212 @@
+"""Fast, accurate and cascade side by side: quality on the project's own held-out sets and CPU per text.
+
+    python -m model.compare ../shared/datasets [--band B] [--choose-band] [--limit N]
+
+Each model is run as the CPU worker serves it (worker/inference.py, ONNX Runtime int8; the cascade as
+worker/cascade.py runs it): the fast model (build/moderation-minilm), the accurate model
+(build/moderation-mpnet, `make model-accurate`) and the cascade of the two. Reported per model: ROC AUC and
+recall at the served thresholds per label on the held-out test split, the share of realistic clean text
+flagged (test half), the functional suite's frozen test half, any-label recall on the known-harmful
+validation texts, category confusion (a test text of one category flagged under a label its source says
+it is not), the share of texts the cascade hands to the accurate stage, and CPU-ms per text on realistic
+traffic (the bench corpus: 1,000 tweets in batches of 32, process CPU time over both threads).
+
+--choose-band picks the cascade's band on the validation split only (the smallest band whose cascade
+keeps every label's ROC AUC within AUC_GAP of the accurate model's) and records it in
+model/accurate/artifact/cascade.json, which `python -m model.cascade` reads. Writes the table to
+model/accurate/artifact/compare.{json,md}. Never reads a public evaluation set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from bench.corpus import CORPUS_FILE, load_texts
+from model.accurate.build import DEFAULT_OUTPUT_DIR as ACCURATE_DIR
+from model.accurate.modeling import ARTIFACT_DIR as ACCURATE_ARTIFACT_DIR
+from model.build import DEFAULT_OUTPUT_DIR as FAST_DIR
+from model.build import PROJECT_ROOT
+from model.calibrate import logit
+from model.clean_sets import load_clean_sets
+from model.data import LABELS, load_splits, written_examples
+from model.eval_report import evaluate, load_suite
+from model.evaluate import engine_scores, label_arrays, label_metrics, load_engine
+from model.suite import near_duplicates
+
+BAND_FILE = os.path.join(ACCURATE_ARTIFACT_DIR, "cascade.json")
+CASCADE_DIR = os.path.join(PROJECT_ROOT, "build", "moderation-cascade")
+BAND_GRID = tuple(round(b, 2) for b in np.arange(0.25, 4.01, 0.25))
+AUC_GAP = 0.01  # the cascade's ROC AUC per label may trail the accurate model's by at most this
+CPU_TEXTS, CPU_BATCH = 1000, 32
+
+
+def load_cascade(band: float, threads: int = 0):
+    """The cascade folder (model/cascade.py) as the worker runs it, counting the windows each stage scores."""
+    from model.cascade import build as build_cascade
+    from worker.cascade import CascadeClassifier
+
+    counts = {"fast": 0, "accurate": 0}
+
+    def count(stage: str, windows: int) -> None:
+        counts[stage] += windows
+    cascade = CascadeClassifier(build_cascade(FAST_DIR, ACCURATE_DIR, band, CASCADE_DIR), device="cpu",
+                                quantize="int8", threads=threads, engine="onnx", on_windows=count)
+    cascade.stage_counts = counts
+    return cascade
+
+
+def simulated_cascade(fast: np.ndarray, accurate: np.ndarray, fast_thresholds: dict, accurate_thresholds: dict,
+                      band: float) -> tuple[np.ndarray, np.ndarray]:
+    """What the cascade answers for whole texts of one window each (for choosing the band on validation
+    without running it once per band): the accurate row where any label's fast logit is within `band` of
+    its threshold's, else the fast row moved onto the accurate thresholds' scale (worker/cascade.py)."""
+    t_fast = logit(np.array([fast_thresholds[label] for label in LABELS]))
+    t_accurate = logit(np.array([accurate_thresholds[label] for label in LABELS]))
+    unsure = (np.abs(logit(fast) - t_fast) < band).any(axis=1)
+    moved = 1 / (1 + np.exp(-(logit(fast) - t_fast + t_accurate)))
+    return np.where(unsure[:, None], accurate, moved), unsure
+
+
+def choose_band(fast, accurate, val) -> dict:
+    """The smallest band on the grid whose cascade keeps every label within AUC_GAP of the accurate model."""
+    texts = [e.text for e in val]
+    fast_scores, accurate_scores = engine_scores(fast, texts), engine_scores(accurate, texts)
+    thresholds = dict(accurate.config.thresholds)
+    reference = label_metrics(val, accurate_scores, thresholds, n_examples=0)
+    tried = []
+    for band in BAND_GRID:
+        scores, unsure = simulated_cascade(fast_scores, accurate_scores, dict(fast.config.thresholds), thresholds,
+                                           band)
+        metrics = label_metrics(val, scores, thresholds, n_examples=0)
+        gaps = {label: round(reference[label]["roc_auc"] - metrics[label]["roc_auc"], 4) for label in LABELS}
+        tried.append({"band": band, "accurate_share": round(float(unsure.mean()), 4), "auc_gap": gaps})
+        if max(gaps.values()) <= AUC_GAP:
+            break
+    return {"band": tried[-1]["band"], "chosen_on": f"validation split, {len(val)} texts",
+            "rule": f"smallest band whose per-label ROC AUC is within {AUC_GAP} of the accurate model's",
+            "tried": tried}
+
+
+def cpu_ms_per_text(classifier, texts: list[str]) -> float:
+    started = time.process_time()
+    for start in range(0, len(texts), CPU_BATCH):
+        classifier.score_many(texts[start:start + CPU_BATCH], CPU_BATCH, classifier.token_budget)
+    return round(1000 * (time.process_time() - started) / len(texts), 2)
+
+
+def category_confusion(examples, scores: np.ndarray, thresholds: dict) -> dict:
+    """For texts of each category (a known positive label): the share flagged under each label their
+    source says they are not (known negative)."""
+    labels, mask = label_arrays(examples)
+    flagged = scores >= np.array([thresholds[label] for label in LABELS])
+    table = {}
+    for i, label in enumerate(LABELS):
+        rows = (labels[:, i] == 1) & (mask[:, i] == 1)
+        table[label] = {other: round(float(flagged[rows & (labels[:, j] == 0) & (mask[:, j] == 1), j].mean()), 4)
+                        for j, other in enumerate(LABELS)
+                        if j != i and (rows & (labels[:, j] == 0) & (mask[:, j] == 1)).any()}
+    return table
+
+
+def any_label_recall(examples, scores: np.ndarray, thresholds: dict) -> float:
+    labels, mask = label_arrays(examples)
+    harmful = (labels * mask).any(axis=1)
+    flagged = (scores >= np.array([thresholds[label] for label in LABELS])).any(axis=1)
+    return round(float(flagged[harmful].mean()), 4)
+
+
+def summary(name, classifier, result, val, val_scores, cpu_ms, accurate_share=None) -> dict:
+    thresholds = dict(classifier.config.thresholds)
+    suite = result["functional_suite_halves"]["test"]
+    return {"model": name, "cpu_ms_per_text": cpu_ms, "accurate_share": accurate_share,
+            "roc_auc": {label: result["test"][label].get("roc_auc") for label in LABELS},
+            "recall": {label: result["test"][label].get("recall") for label in LABELS},
+            "precision": {label: result["test"][label].get("precision") for label in LABELS},
+            "clean_test_flagged": result["realistic_clean"]["pooled"]["any_label"],
+            "suite_test_half": {k: suite[k] for k in ("accuracy", "harmful_cases_caught", "harmless_cases_cleared")},
+            "validation_any_label_recall": any_label_recall(val, val_scores, thresholds),
+            "category_confusion": result["category_confusion"], "thresholds": thresholds}
+
+
+def render(rows: list[dict], band: float) -> str:
+    head = ("| model | CPU-ms/text | to accurate | ROC AUC H / HR / V / SH / S | recall at threshold "
+            "H / HR / V / SH / S | clean test flagged | suite test half | harmful val any-label recall |")
+    lines = [head, "|---|---:|---:|---|---|---:|---:|---:|"]
+    for row in rows:
+        share = "" if row["accurate_share"] is None else f"{row['accurate_share']:.1%}"
+        aucs = " / ".join(f"{row['roc_auc'][label]:.3f}" for label in LABELS)
+        recalls = " / ".join(f"{row['recall'][label]:.2f}" for label in LABELS)
+        lines.append(f"| {row['model']} | {row['cpu_ms_per_text']} | {share} | {aucs} | {recalls} | "
+                     f"{row['clean_test_flagged']:.1%} | {row['suite_test_half']['accuracy']:.3f} | "
+                     f"{row['validation_any_label_recall']:.3f} |")
+    lines.append(f"\nCascade band: {band} (logit units around each label's threshold). Labels: "
+                 "H hate, HR harassment, V violence, SH self-harm, S sexual.\n\nCategory confusion on the test "
+                 "split (texts of the row's category flagged under the column's label, where the source says "
+                 "they are not that):\n")
+    for row in rows:
+        lines.append(f"- {row['model']}: " + "; ".join(
+            f"{label} -> " + ", ".join(f"{other} {rate:.1%}" for other, rate in others.items())
+            for label, others in row["category_confusion"].items() if others))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("datasets_dir")
+    parser.add_argument("--band", type=float, help="the cascade's band (default: model/accurate/artifact/cascade.json)")
+    parser.add_argument("--choose-band", action="store_true")
+    parser.add_argument("--limit", type=int, help="only N texts per set (smoke runs)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--output", default=ACCURATE_ARTIFACT_DIR)
+    args = parser.parse_args(argv)
+    splits = load_splits(args.datasets_dir)
+    val = splits["val"][:args.limit]
+    fast = load_engine(FAST_DIR, "onnx", "int8", args.threads)
+    accurate = load_engine(ACCURATE_DIR, "onnx", "int8", args.threads)
+    if args.choose_band:
+        choice = choose_band(fast, accurate, val)
+        with open(BAND_FILE, "w") as f:
+            json.dump(choice, f, indent=2)
+            f.write("\n")
+        print(json.dumps({k: v for k, v in choice.items() if k != "tried"}), flush=True)
+    band = args.band if args.band is not None else json.load(open(BAND_FILE))["band"]
+    cascade = load_cascade(band, args.threads)
+
+    test, cases = splits["test"][:args.limit], load_suite()
+    clean = load_clean_sets(args.datasets_dir, splits)["test"][:args.limit]
+    near = near_duplicates([c["text"] for c in cases], [e.text for e in written_examples()])
+    harmful_val = [e for e in val if any(v and m for v, m in zip(e.labels, e.mask))]
+    corpus = load_texts(CORPUS_FILE, CPU_TEXTS)[:args.limit]
+    rows = []
+    for name, classifier in (("fast (moderation-minilm)", fast), ("accurate (moderation-mpnet)", accurate),
+                             (f"cascade (band {band})", cascade)):
+        started = time.time()
+        before = dict(getattr(classifier, "stage_counts", {}))
+        result = evaluate(classifier, test, cases, clean, near)
+        after = dict(getattr(classifier, "stage_counts", {}))
+        share = None
+        if after:
+            sent = {stage: after.get(stage, 0) - before.get(stage, 0) for stage in after}
+            share = round(sent.get("accurate", 0) / max(1, sum(sent.values())), 4)
+        result["category_confusion"] = category_confusion(
+            test, engine_scores(classifier, [e.text for e in test]), dict(classifier.config.thresholds))
+        val_scores = engine_scores(classifier, [e.text for e in harmful_val])
+        rows.append(summary(name, classifier, result, harmful_val, val_scores, cpu_ms_per_text(classifier, corpus),
+                            share))
+        print(f"{name}: {time.time() - started:.0f}s", flush=True)
+    markdown = render(rows, band)
+    with open(os.path.join(args.output, "compare.json"), "w") as f:
+        json.dump({"band": band, "models": rows}, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(args.output, "compare.md"), "w") as f:
+        f.write(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,12 +31,14 @@ from model.accurate.build import DEFAULT_OUTPUT_DIR as ACCURATE_DIR
 from model.accurate.modeling import ARTIFACT_DIR as ACCURATE_ARTIFACT_DIR
 from model.build import DEFAULT_OUTPUT_DIR as FAST_DIR
 from model.build import PROJECT_ROOT
-from model.calibrate import logit
+from model.calibrate import logit, validation_record
+from model.cascade import build as build_cascade
 from model.clean_sets import load_clean_sets
 from model.data import LABELS, load_splits, written_examples
 from model.eval_report import evaluate, load_suite
-from model.evaluate import engine_scores, label_arrays, label_metrics, load_engine
+from model.evaluate import engine_scores, label_metrics, load_engine
 from model.suite import near_duplicates
+from worker.cascade import CascadeClassifier, fast_decisions
 
 BAND_FILE = os.path.join(ACCURATE_ARTIFACT_DIR, "cascade.json")
 CASCADE_DIR = os.path.join(PROJECT_ROOT, "build", "moderation-cascade")
@@ -47,9 +49,6 @@ CPU_TEXTS, CPU_BATCH = 1000, 32
 
 def load_cascade(band: float, threads: int = 0):
     """The cascade folder (model/cascade.py) as the worker runs it, counting the windows each stage scores."""
-    from model.cascade import build as build_cascade
-    from worker.cascade import CascadeClassifier
-
     counts = {"fast": 0, "accurate": 0}
 
     def count(stage: str, windows: int) -> None:
@@ -63,12 +62,9 @@ def load_cascade(band: float, threads: int = 0):
 def simulated_cascade(fast: np.ndarray, accurate: np.ndarray, fast_thresholds: dict, accurate_thresholds: dict,
                       band: float) -> tuple[np.ndarray, np.ndarray]:
     """What the cascade answers for whole texts of one window each (for choosing the band on validation
-    without running it once per band): the accurate row where any label's fast logit is within `band` of
-    its threshold's, else the fast row moved onto the accurate thresholds' scale (worker/cascade.py)."""
-    t_fast = logit(np.array([fast_thresholds[label] for label in LABELS]))
-    t_accurate = logit(np.array([accurate_thresholds[label] for label in LABELS]))
-    unsure = (np.abs(logit(fast) - t_fast) < band).any(axis=1)
-    moved = 1 / (1 + np.exp(-(logit(fast) - t_fast + t_accurate)))
+    without running it once per band): worker/cascade.py's decision, with the accurate rows scored once."""
+    moved, unsure = fast_decisions(fast, logit(np.array([fast_thresholds[label] for label in LABELS])),
+                                   logit(np.array([accurate_thresholds[label] for label in LABELS])), band)
     return np.where(unsure[:, None], accurate, moved), unsure
 
 
@@ -99,27 +95,6 @@ def cpu_ms_per_text(classifier, texts: list[str]) -> float:
     return round(1000 * (time.process_time() - started) / len(texts), 2)
 
 
-def category_confusion(examples, scores: np.ndarray, thresholds: dict) -> dict:
-    """For texts of each category (a known positive label): the share flagged under each label their
-    source says they are not (known negative)."""
-    labels, mask = label_arrays(examples)
-    flagged = scores >= np.array([thresholds[label] for label in LABELS])
-    table = {}
-    for i, label in enumerate(LABELS):
-        rows = (labels[:, i] == 1) & (mask[:, i] == 1)
-        table[label] = {other: round(float(flagged[rows & (labels[:, j] == 0) & (mask[:, j] == 1), j].mean()), 4)
-                        for j, other in enumerate(LABELS)
-                        if j != i and (rows & (labels[:, j] == 0) & (mask[:, j] == 1)).any()}
-    return table
-
-
-def any_label_recall(examples, scores: np.ndarray, thresholds: dict) -> float:
-    labels, mask = label_arrays(examples)
-    harmful = (labels * mask).any(axis=1)
-    flagged = (scores >= np.array([thresholds[label] for label in LABELS])).any(axis=1)
-    return round(float(flagged[harmful].mean()), 4)
-
-
 def summary(name, classifier, result, val, val_scores, cpu_ms, accurate_share=None) -> dict:
     thresholds = dict(classifier.config.thresholds)
     suite = result["functional_suite_halves"]["test"]
@@ -129,7 +104,7 @@ def summary(name, classifier, result, val, val_scores, cpu_ms, accurate_share=No
             "precision": {label: result["test"][label].get("precision") for label in LABELS},
             "clean_test_flagged": result["realistic_clean"]["pooled"]["any_label"],
             "suite_test_half": {k: suite[k] for k in ("accuracy", "harmful_cases_caught", "harmless_cases_cleared")},
-            "validation_any_label_recall": any_label_recall(val, val_scores, thresholds),
+            "validation_any_label_recall": validation_record(val, val_scores, thresholds)["any_label_recall"],
             "category_confusion": result["category_confusion"], "thresholds": thresholds}
 
 
@@ -193,8 +168,6 @@ def main(argv=None):
         if after:
             sent = {stage: after.get(stage, 0) - before.get(stage, 0) for stage in after}
             share = round(sent.get("accurate", 0) / max(1, sum(sent.values())), 4)
-        result["category_confusion"] = category_confusion(
-            test, engine_scores(classifier, [e.text for e in test]), dict(classifier.config.thresholds))
         val_scores = engine_scores(classifier, [e.text for e in harmful_val])
         rows.append(summary(name, classifier, result, harmful_val, val_scores, cpu_ms_per_text(classifier, corpus),
                             share))

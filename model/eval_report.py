@@ -30,6 +30,7 @@ from model.cross_source import leave_one_source_out, sample_examples
 from model.data import FUNCTIONAL_SUITE_PATH, LABELS, load_all, load_splits, parse_labels, read_tsv, written_examples
 from model.evaluate import (
     RECORDED_ENGINES,
+    category_confusion,
     engine_name,
     engine_report,
     engine_scores,
@@ -124,6 +125,7 @@ def evaluate(classifier, test, cases, clean, near):
         **engine_report(classifier, test, test_scores),
         "test_within_source": per_source_metrics(test, test_scores, thresholds),
         "held_out_any_harm": harm_metrics(test, test_scores),
+        "category_confusion": category_confusion(test, test_scores, thresholds),
         "realistic_clean": clean_report(clean, clean_scores, thresholds),
         "functional_suite": suite_report(cases, suite_scores, thresholds),
         "functional_suite_halves": suite_halves(cases, suite_scores, thresholds, near),

@@ -127,6 +127,22 @@ def harm_metrics(examples, scores):
     return report
 
 
+def category_confusion(examples, scores, thresholds):
+    """For the texts of each category (a known positive label): the share flagged under each other label their
+    source says they are not (a known negative). A trust-and-safety team routes by category."""
+    labels, mask = label_arrays(examples)
+    flagged = scores >= np.array([thresholds[label] for label in LABELS])
+    table = {}
+    for i, label in enumerate(LABELS):
+        of_label = (labels[:, i] == 1) & (mask[:, i] == 1)
+        table[label] = {}
+        for j, other in enumerate(LABELS):
+            rows = of_label & (labels[:, j] == 0) & (mask[:, j] == 1)
+            if j != i and rows.any():
+                table[label][other] = round(float(flagged[rows, j].mean()), 4)
+    return table
+
+
 def flagged_labels(score_row, thresholds):
     return [label for j, label in enumerate(LABELS) if score_row[j] >= thresholds[label]]
 

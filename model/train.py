@@ -170,14 +170,16 @@ def train(model, tokenizer, examples, args):
 
 
 @torch.no_grad()
-def cached_scores(model, states, batch_size=64):
-    """Sigmoid scores from cached lower-layer states: the same as predict_scores on the texts."""
+def cached_scores(model, states, batch_size=64, top=None):
+    """Sigmoid scores from cached lower-layer states: the same as predict_scores on the texts. `top` runs the
+    trained part on them (default: this model's top_logits; the accurate model passes its own)."""
+    top = top or top_logits
     model.eval()
     order = sorted(range(len(states)), key=lambda i: states[i].shape[0])
     scores = np.zeros((len(states), len(LABELS)), dtype=np.float64)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        scores[batch] = torch.sigmoid(top_logits(model, [states[i] for i in batch])).double().numpy()
+        scores[batch] = torch.sigmoid(top(model, [states[i] for i in batch])).double().numpy()
     return scores
 
 

@@ -54,6 +54,14 @@ def stage_of(row: list[float], labels: int) -> str:
     return ACCURATE if len(row) > labels and row[labels] >= 0.5 else FAST
 
 
+def fast_decisions(fast: np.ndarray, fast_threshold_logits: np.ndarray, accurate_threshold_logits: np.ndarray,
+                   band: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fast model's rows moved onto the accurate model's threshold scale, and which rows are uncertain
+    (any label within `band` logits of its fast threshold): those go to the accurate model."""
+    shifted = logit(fast) - fast_threshold_logits
+    return 1.0 / (1.0 + np.exp(-(shifted + accurate_threshold_logits))), (np.abs(shifted) < band).any(axis=1)
+
+
 def _joined(fast: str, accurate: str) -> str:
     return fast if fast == accurate else f"{fast}+{accurate}"
 
@@ -162,10 +170,10 @@ class CascadeClassifier:
         labels = len(self._fast_logits)
         fast = np.asarray(self.fast.window_scores(encoded, max_texts, max_tokens, on_pass),
                           dtype=np.float64).reshape(-1, labels)
-        shifted = logit(fast) - self._fast_logits
+        moved, unsure = fast_decisions(fast, self._fast_logits, self._accurate_logits, self.band)
         rows = np.zeros((len(fast), labels + 1))
-        rows[:, :labels] = 1.0 / (1.0 + np.exp(-(shifted + self._accurate_logits)))
-        uncertain = np.flatnonzero((np.abs(shifted) < self.band).any(axis=1))
+        rows[:, :labels] = moved
+        uncertain = np.flatnonzero(unsure)
         if len(uncertain):
             with self._decoder_lock:
                 texts = self._decoder.batch_decode([encoded["input_ids"][i] for i in uncertain],

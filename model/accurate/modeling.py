@@ -18,6 +18,7 @@ from transformers import MPNetConfig, MPNetForSequenceClassification
 
 from model.accurate.base import base_dir
 from model.modeling import moderation_config
+from model.train import padded
 
 ARTIFACT_DIR = os.path.join(os.path.dirname(__file__), "artifact")
 FIRST_TRAINED_LAYER = 10  # embeddings and layers 0-9 stay as shipped; 10-11 and the head are trained
@@ -92,8 +93,6 @@ def lower_hidden_states(model, tokenizer, texts: list[str], batch_size: int = 32
 
 def top_logits(model, states: list[torch.Tensor]) -> torch.Tensor:
     """The trained part (top layers and head) on cached states."""
-    from model.train import padded
-
     mpnet = model.mpnet
     hidden, attention = padded(states)
     bias = mpnet.encoder.compute_position_bias(hidden)

@@ -56,7 +56,7 @@ from model.clean_sets import load_clean_sets
 from model.data import BUCKET_SHARES, LABELS, bucket_weights, load_splits
 from model.evaluate import label_arrays
 from model.obfuscate import AUGMENTED_SHARE, augment
-from model.train import limit_splits, make_deterministic, masked_bce
+from model.train import cached_scores, limit_splits, make_deterministic, masked_bce
 
 
 def parse_args(argv=None):
@@ -114,16 +114,6 @@ def train(model, lower, tokenizer, examples, args) -> int:
     return len(drawn)
 
 
-@torch.no_grad()
-def cached_scores(model, states, batch_size: int = 64) -> np.ndarray:
-    order = sorted(range(len(states)), key=lambda i: states[i].shape[0])
-    scores = np.zeros((len(states), len(LABELS)))
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        scores[batch] = torch.sigmoid(top_logits(model, [states[i] for i in batch])).double().numpy()
-    return scores
-
-
 def main(argv=None):
     args = parse_args(argv)
     command = "python -m model.accurate.train " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -145,8 +135,10 @@ def main(argv=None):
     weights = trained_weights_fp16(model)
 
     served = build_classifier(weights)  # fp16-rounded, as the build serves it
-    val_scores = cached_scores(served, cache(lower, tokenizer, [e.text for e in splits["val"]], "validation"))
-    clean_scores = cached_scores(served, cache(lower, tokenizer, [c.text for c in clean_dev], "clean dev half"))
+    val_scores = cached_scores(served, cache(lower, tokenizer, [e.text for e in splits["val"]], "validation"),
+                               top=top_logits)
+    clean_scores = cached_scores(served, cache(lower, tokenizer, [c.text for c in clean_dev], "clean dev half"),
+                                 top=top_logits)
     labels, mask = label_arrays(splits["val"])
     platt = fit_platt(val_scores, labels, mask)
     clean_sources = [c.source for c in clean_dev]

@@ -60,7 +60,7 @@ model-accurate: $(VENV)/.installed-accurate
 
 model-cascade: model model-accurate
 	@$(PY) -m model.cascade --fast build/moderation-minilm --accurate build/moderation-mpnet \
-		--band "$$($(PY) -c 'import json; print(json.load(open("model/accurate/artifact/cascade.json"))["band"])')"
+		--choice model/accurate/artifact/cascade.json
 
 # Evaluate the bundled model on the held-out split and the functional suite (model/functional_suite.tsv);
 # prints the report and writes model/artifact/eval-report.{md,json}, which the model card summarises.

@@ -105,8 +105,11 @@ class CascadeInfo(BaseModel):
     """A cascade model's stages (shared/cascade.py): windows the fast model is unsure of go to the accurate one."""
     fast: Annotated[str, Field(description="the fast stage's model id")]
     accurate: Annotated[str, Field(description="the accurate stage's model id")]
-    band: Annotated[float, Field(ge=0, description="logit units around each fast threshold sent on to the "
-                                                   "accurate stage (CASCADE_BAND, else the folder's)")]
+    band: Annotated[Annotated[float, Field(ge=0)] | dict[str, Annotated[float, Field(ge=0)]],
+                    Field(description="logit units around each fast threshold sent on to the accurate stage, "
+                                            "for every label or per label (CASCADE_BAND, else the folder's)")]
+    blended: Annotated[bool, Field(description="the accurate stage answers with both models' scores stacked, "
+                                               "not the accurate model's alone")] = False
 
 
 class ModelInfo(BaseModel):

@@ -70,8 +70,8 @@ def _calibration_section(model_info, report):
     return f"""Scores are calibrated per label by Platt scaling, sigmoid(a * logit + b), fitted on the
 {calibration['fitted_on']} and folded into the classifier head, so every engine serves calibrated
 scores. Thresholds are chosen for a false-flag budget on realistic clean text never trained on
-(`model/clean_sets.py`: news comments rated not toxic, neutral statements about groups, clean tweets and
-comments, everyday posts written for it): the lowest threshold per label that flags at most
+(`model/clean_sets.py`: neutral statements about groups, clean tweets and comments, everyday posts
+written for it): the lowest threshold per label that flags at most
 {_budgets(rule['per_label_budget'])} of the {rule['chosen_on']}, tightened until any label flags at most
 {100 * rule['any_label_budget']:.0f}% of it (there: {100 * rule['dev_flag_rate']['any_label']:.1f}%). On the
 test half, any label flags {any_test}. Precision and recall below are at these thresholds on the pooled
@@ -165,10 +165,9 @@ def _hate_threshold_note(model_info):
     """Why hate's recall at its threshold is low, with the figures of this model's calibration."""
     validation = model_info.get("calibration", {}).get("validation")
     recall = f"; it catches {validation['labels']['hate']['recall']:.0%} of validation hate" if validation else ""
-    return (f"- Hate's threshold is high ({model_info['thresholds']['hate']}{recall}): news "
-            "comments most annotators\n  called not toxic that state stereotypes about groups, and neutral mentions "
-            "of groups (\"books by\n  Black authors\"), score high, and the false-flag budget is set on them; "
-            "explicit hate about a group\n  still scores well above it.")
+    return (f"- Hate's threshold is {model_info['thresholds']['hate']}{recall}: neutral mentions of groups "
+            "(\"books by\n  Black authors\") and tweets that name a group score near it, and the false-flag budget "
+            "is set on them;\n  explicit hate about a group still scores well above it.")
 
 
 def render_model_card(model_info, metrics, eval_report=None):
@@ -217,7 +216,8 @@ masked out of the loss and the metrics for it rather than called negative.
 - **Toxic Spans** (Pavlopoulos et al., ACL 2022; Civil Comments), CC0 1.0: per comment, the
   share of annotators marking an `Insult` span -> `harassment`, `Identity based Attack` ->
   `hate`, `Threat` -> `violence` (hard label at half the annotators); `Profane/Obscene` and
-  `Other toxicity` spans are none of them; comments most annotators call not toxic are clean.
+  `Other toxicity` spans are none of them. No comment is clean: where most annotators typed no
+  span the labels are unknown (the data's "not toxic" flag is also set on toxic comments).
 - **MLCommons AILuminate v1.0 demo prompt set**, CC BY 4.0 (c) MLCommons,
   https://github.com/mlcommons/ailuminate : prompts to an AI system. Suicide & self-harm ->
   `self-harm`, sexual content -> `sexual`, violent crimes -> `violence`, hate -> `hate`;
@@ -293,8 +293,9 @@ threats and project sentences): treat those rows as indicative. Required checks 
   still be missed.
 {_hate_threshold_note(model_info)}
 - Thresholds are set on clean text only: recall at them is what the held-out split and the
-  functional suite show, and it is lower for harassment (its threshold is the highest, because
-  insults at public figures in news comments are labelled harassment and resemble ordinary criticism).
+  functional suite show. No source offers clean news comments (Toxic Spans' untyped comments are
+  toxic ones), so the false-flag rate on long, sharply critical comments is not measured: insults
+  at public figures in news comments are labelled harassment and are flagged as such.
 - Graphic or glorified violence without a threat word ("the school shooter ... is a legend")
   is the weakest harmful group (0.7-0.8); violence has only 29 held-out positives, so its
   engine gap (0.006) is over the 0.005 tolerance.

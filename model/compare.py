@@ -1,6 +1,6 @@
 """Fast, accurate and cascade side by side: quality on the project's own held-out sets and CPU per text.
 
-    python -m model.compare ../shared/datasets [--band B] [--choose-band] [--limit N]
+    python -m model.compare ../shared/datasets [--choose-band] [--band B] [--limit N]
 
 Each model is run as the CPU worker serves it (worker/inference.py, ONNX Runtime int8; the cascade as
 worker/cascade.py runs it): the fast model (build/moderation-minilm), the accurate model
@@ -11,9 +11,10 @@ validation texts, category confusion (a test text of one category flagged under 
 it is not), the share of texts the cascade hands to the accurate stage, and CPU-ms per text on realistic
 traffic (the bench corpus: 1,000 tweets in batches of 32, process CPU time over both threads).
 
---choose-band picks the cascade's band on the validation split only (the smallest band whose cascade
-keeps every label's ROC AUC within AUC_GAP of the accurate model's) and records it in
-model/accurate/artifact/cascade.json, which `python -m model.cascade` reads. Writes the table to
+The cascade's settings come from model/accurate/artifact/cascade.json, which --choose-band writes first
+(model/cascade_choice.py: the blend, its thresholds and the per-label bands, on the validation split and
+the clean development half only) and `python -m model.cascade --choice` reads. A fourth row is the accurate
+stage on every text (both models, blended): the cascade's ceiling. Writes the table to
 model/accurate/artifact/compare.{json,md}. Never reads a public evaluation set.
 """
 
@@ -24,68 +25,40 @@ import json
 import os
 import time
 
-import numpy as np
-
 from bench.corpus import CORPUS_FILE, load_texts
 from model.accurate.build import DEFAULT_OUTPUT_DIR as ACCURATE_DIR
 from model.accurate.modeling import ARTIFACT_DIR as ACCURATE_ARTIFACT_DIR
 from model.build import DEFAULT_OUTPUT_DIR as FAST_DIR
 from model.build import PROJECT_ROOT
-from model.calibrate import logit, validation_record
+from model.calibrate import validation_record
 from model.cascade import build as build_cascade
+from model.cascade_choice import choose
 from model.clean_sets import load_clean_sets
 from model.data import LABELS, load_splits, written_examples
 from model.eval_report import evaluate, load_suite
-from model.evaluate import engine_scores, label_metrics, load_engine
+from model.evaluate import engine_scores, load_engine
 from model.suite import near_duplicates
-from worker.cascade import CascadeClassifier, fast_decisions
+from worker.cascade import CascadeClassifier
 
 BAND_FILE = os.path.join(ACCURATE_ARTIFACT_DIR, "cascade.json")
 CASCADE_DIR = os.path.join(PROJECT_ROOT, "build", "moderation-cascade")
-BAND_GRID = tuple(round(b, 2) for b in np.arange(0.25, 4.01, 0.25))
-AUC_GAP = 0.01  # the cascade's ROC AUC per label may trail the accurate model's by at most this
+EVERY_TEXT = 1e6  # a band no score is that far from: the accurate stage decides every window
 CPU_TEXTS, CPU_BATCH = 1000, 32
 
 
-def load_cascade(band: float, threads: int = 0):
-    """The cascade folder (model/cascade.py) as the worker runs it, counting the windows each stage scores."""
+def load_cascade(choice: dict, band=None, threads: int = 0):
+    """The cascade folder (model/cascade.py) built from a cascade.json choice, as the worker runs it, counting the
+    windows each stage scores; band overrides the chosen bands."""
     counts = {"fast": 0, "accurate": 0}
 
     def count(stage: str, windows: int) -> None:
         counts[stage] += windows
-    cascade = CascadeClassifier(build_cascade(FAST_DIR, ACCURATE_DIR, band, CASCADE_DIR), device="cpu",
-                                quantize="int8", threads=threads, engine="onnx", on_windows=count)
+    folder = build_cascade(FAST_DIR, ACCURATE_DIR, choice["band"], CASCADE_DIR, choice.get("blend"),
+                           choice.get("thresholds"))
+    cascade = CascadeClassifier(folder, device="cpu", quantize="int8", threads=threads, engine="onnx",
+                                on_windows=count, band=band)
     cascade.stage_counts = counts
     return cascade
-
-
-def simulated_cascade(fast: np.ndarray, accurate: np.ndarray, fast_thresholds: dict, accurate_thresholds: dict,
-                      band: float) -> tuple[np.ndarray, np.ndarray]:
-    """What the cascade answers for whole texts of one window each (for choosing the band on validation
-    without running it once per band): worker/cascade.py's decision, with the accurate rows scored once."""
-    moved, unsure = fast_decisions(fast, logit(np.array([fast_thresholds[label] for label in LABELS])),
-                                   logit(np.array([accurate_thresholds[label] for label in LABELS])), band)
-    return np.where(unsure[:, None], accurate, moved), unsure
-
-
-def choose_band(fast, accurate, val) -> dict:
-    """The smallest band on the grid whose cascade keeps every label within AUC_GAP of the accurate model."""
-    texts = [e.text for e in val]
-    fast_scores, accurate_scores = engine_scores(fast, texts), engine_scores(accurate, texts)
-    thresholds = dict(accurate.config.thresholds)
-    reference = label_metrics(val, accurate_scores, thresholds, n_examples=0)
-    tried = []
-    for band in BAND_GRID:
-        scores, unsure = simulated_cascade(fast_scores, accurate_scores, dict(fast.config.thresholds), thresholds,
-                                           band)
-        metrics = label_metrics(val, scores, thresholds, n_examples=0)
-        gaps = {label: round(reference[label]["roc_auc"] - metrics[label]["roc_auc"], 4) for label in LABELS}
-        tried.append({"band": band, "accurate_share": round(float(unsure.mean()), 4), "auc_gap": gaps})
-        if max(gaps.values()) <= AUC_GAP:
-            break
-    return {"band": tried[-1]["band"], "chosen_on": f"validation split, {len(val)} texts",
-            "rule": f"smallest band whose per-label ROC AUC is within {AUC_GAP} of the accurate model's",
-            "tried": tried}
 
 
 def cpu_ms_per_text(classifier, texts: list[str]) -> float:
@@ -108,7 +81,7 @@ def summary(name, classifier, result, val, val_scores, cpu_ms, accurate_share=No
             "category_confusion": result["category_confusion"], "thresholds": thresholds}
 
 
-def render(rows: list[dict], band: float) -> str:
+def render(rows: list[dict], band) -> str:
     head = ("| model | CPU-ms/text | to accurate | ROC AUC H / HR / V / SH / S | recall at threshold "
             "H / HR / V / SH / S | clean test flagged | suite test half | harmful val any-label recall |")
     lines = [head, "|---|---:|---:|---|---|---:|---:|---:|"]
@@ -119,7 +92,9 @@ def render(rows: list[dict], band: float) -> str:
         lines.append(f"| {row['model']} | {row['cpu_ms_per_text']} | {share} | {aucs} | {recalls} | "
                      f"{row['clean_test_flagged']:.1%} | {row['suite_test_half']['accuracy']:.3f} | "
                      f"{row['validation_any_label_recall']:.3f} |")
-    lines.append(f"\nCascade band: {band} (logit units around each label's threshold). Labels: "
+    bands = ", ".join(f"{label} {value}" for label, value in band.items()) if isinstance(band, dict) else band
+    lines.append(f"\nCascade band: {bands} (logit units around each label's fast threshold); \"to accurate\" is the "
+                 "share of the bench corpus's windows it sends on. Labels: "
                  "H hate, HR harassment, V violence, SH self-harm, S sexual.\n\nCategory confusion on the test "
                  "split (texts of the row's category flagged under the column's label, where the source says "
                  "they are not that):\n")
@@ -144,13 +119,13 @@ def main(argv=None):
     fast = load_engine(FAST_DIR, "onnx", "int8", args.threads)
     accurate = load_engine(ACCURATE_DIR, "onnx", "int8", args.threads)
     if args.choose_band:
-        choice = choose_band(fast, accurate, val)
+        choice = choose(fast, accurate, val, args.datasets_dir, splits)
         with open(BAND_FILE, "w") as f:
             json.dump(choice, f, indent=2)
             f.write("\n")
-        print(json.dumps({k: v for k, v in choice.items() if k != "tried"}), flush=True)
-    band = args.band if args.band is not None else json.load(open(BAND_FILE))["band"]
-    cascade = load_cascade(band, args.threads)
+        print(json.dumps({k: choice[k] for k in ("band", "chosen", "met")}), flush=True)
+    choice = json.load(open(BAND_FILE))
+    band = args.band if args.band is not None else choice["band"]
 
     test, cases = splits["test"][:args.limit], load_suite()
     clean = load_clean_sets(args.datasets_dir, splits)["test"][:args.limit]
@@ -159,18 +134,20 @@ def main(argv=None):
     corpus = load_texts(CORPUS_FILE, CPU_TEXTS)[:args.limit]
     rows = []
     for name, classifier in (("fast (moderation-minilm)", fast), ("accurate (moderation-mpnet)", accurate),
-                             (f"cascade (band {band})", cascade)):
+                             ("accurate stage on every text (both, blended)",
+                              load_cascade(choice, EVERY_TEXT, args.threads)),
+                             ("cascade", load_cascade(choice, args.band, args.threads))):
         started = time.time()
-        before = dict(getattr(classifier, "stage_counts", {}))
         result = evaluate(classifier, test, cases, clean, near)
-        after = dict(getattr(classifier, "stage_counts", {}))
-        share = None
-        if after:
-            sent = {stage: after.get(stage, 0) - before.get(stage, 0) for stage in after}
-            share = round(sent.get("accurate", 0) / max(1, sum(sent.values())), 4)
         val_scores = engine_scores(classifier, [e.text for e in harmful_val])
-        rows.append(summary(name, classifier, result, harmful_val, val_scores, cpu_ms_per_text(classifier, corpus),
-                            share))
+        counts = getattr(classifier, "stage_counts", None)
+        before = dict(counts or {})
+        cpu_ms = cpu_ms_per_text(classifier, corpus)
+        share = None
+        if counts is not None:  # of the bench corpus's windows: realistic traffic, what sets the CPU
+            sent = {stage: counts[stage] - before[stage] for stage in counts}
+            share = round(sent["accurate"] / max(1, sent["fast"]), 4)
+        rows.append(summary(name, classifier, result, harmful_val, val_scores, cpu_ms, share))
         print(f"{name}: {time.time() - started:.0f}s", flush=True)
     markdown = render(rows, band)
     with open(os.path.join(args.output, "compare.json"), "w") as f:

@@ -40,17 +40,18 @@ UNKNOWN_HARM = -1  # Example.harmful when the source does not say whether the te
 # Share of each bucket in the training mixture. Davidson is 75% "offensive", Toxic Spans
 # mostly insults, and the self-harm and sexual sources are small, so sampling by bucket
 # keeps rare kinds of case visible. The same mixture weights the validation split when
-# thresholds are chosen. Buckets with share 0 (Surge's unlabelled toxic comments) are
-# evaluated but never trained on.
+# thresholds are chosen. Buckets with share 0 (Surge's unlabelled toxic comments, Toxic Spans'
+# untyped ones) are never trained on. The clean buckets keep the 7% that Toxic Spans' "clean"
+# comments had before they turned out to be untyped toxic ones (load_toxic_spans).
 BUCKET_SHARES = {
-    "davidson-hate": 0.05, "davidson-offensive": 0.07, "davidson-neither": 0.06,
+    "davidson-hate": 0.05, "davidson-offensive": 0.07, "davidson-neither": 0.09,
     "toxigen-hate": 0.08, "toxigen-neutral": 0.08,
-    "spans-clean": 0.07, "spans-insult": 0.07, "spans-identity": 0.04, "spans-threat": 0.03,
+    "spans-untyped": 0.0, "spans-insult": 0.07, "spans-identity": 0.04, "spans-threat": 0.03,
     "spans-profane": 0.03, "spans-other": 0.01,
     "ailuminate-self-harm": 0.03, "ailuminate-sexual": 0.03, "ailuminate-violent": 0.02,
     "ailuminate-hate": 0.02, "ailuminate-other": 0.02,
-    "surge-clean": 0.04, "surge-toxic": 0.0,
-    "extra-flagged": 0.11, "extra-clean": 0.14,
+    "surge-clean": 0.06, "surge-toxic": 0.0,
+    "extra-flagged": 0.11, "extra-clean": 0.16,
     # Templated weak-spot examples (model/weak_spots.py), one bucket per topic and verdict.
     "generated-identity-flagged": 0.02, "generated-identity-clean": 0.02,
     "generated-violence-flagged": 0.012, "generated-violence-clean": 0.012,
@@ -153,8 +154,8 @@ SPAN_TYPE_LABELS = {"Insult": "harassment", "Identity based Attack": "hate", "Th
 
 
 def _toxic_spans_votes(datasets_dir):
-    """Per comment: annotator count, 'not toxic' votes, annotators giving any span, and
-    annotators marking each span type."""
+    """Per comment: annotator count, annotators giving any span, and annotators marking each
+    span type."""
     folder = os.path.join(datasets_dir, "toxic-spans-2022")
     types = defaultdict(set)
     with open(os.path.join(folder, "spans.csv"), newline="", encoding="utf-8") as f:
@@ -162,12 +163,11 @@ def _toxic_spans_votes(datasets_dir):
             for full in ("Insult", "Threat", "Identity based Attack", "Profane/Obscene", "Other Toxicity"):
                 if row["type"] and full.startswith(row["type"]):  # a few truncated type names
                     types[row["annotation"]].add(full)
-    votes = defaultdict(lambda: {"n": 0, "not_toxic": 0, "typed": 0, "types": defaultdict(int)})
+    votes = defaultdict(lambda: {"n": 0, "typed": 0, "types": defaultdict(int)})
     with open(os.path.join(folder, "annotations.csv"), newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             entry = votes[row["comment_id"]]
             entry["n"] += 1
-            entry["not_toxic"] += row["not toxic"] == "True"
             marked = types.get(row["annotation"], set())
             entry["typed"] += bool(marked)
             for span_type in marked:
@@ -177,9 +177,12 @@ def _toxic_spans_votes(datasets_dir):
 
 def load_toxic_spans(datasets_dir):
     """News comments. Per label, the share of annotators marking a span of its type is the
-    soft target (hard label at >= 0.5). Comments most annotators call not toxic are clean;
-    where most annotators called the whole comment toxic without typing spans, the typed
-    labels are unknown unless a majority still marked the type."""
+    soft target (hard label at >= 0.5). Where most annotators typed no span, the typed labels
+    are unknown unless a majority still marked the type, and no comment is clean: an
+    annotation without spans has "all toxic" and "not toxic" both set (21,185 of 22,108), so the
+    flags do not tell a toxic comment from a clean one, and the comments most annotators left
+    untyped are toxic ones (40% hold "idiot", "stupid", "moron" and the like, against 1% of
+    Davidson's "neither" tweets: "You're an idiot, and not really very bright either")."""
     votes = _toxic_spans_votes(datasets_dir)
     examples = []
     with open(os.path.join(datasets_dir, "toxic-spans-2022", "comments.csv"), newline="",
@@ -190,7 +193,6 @@ def load_toxic_spans(datasets_dir):
                 continue
             n = entry["n"]
             share = {label: entry["types"][span] / n for span, label in SPAN_TYPE_LABELS.items()}
-            clean = entry["not_toxic"] / n >= 0.5 and max(share.values()) < 0.5
             typed_majority = entry["typed"] / n >= 0.5
             labels = label_vector(**{k: int(v >= 0.5) for k, v in share.items()})
             mask = []
@@ -200,10 +202,8 @@ def load_toxic_spans(datasets_dir):
                 elif label == "sexual":  # obscene spans may be sexual
                     mask.append(UNKNOWN if entry["types"]["Profane/Obscene"] else KNOWN)
                 else:
-                    mask.append(KNOWN if clean or typed_majority or value else UNKNOWN)
-            if clean:
-                bucket = "spans-clean"
-            elif labels[LABELS.index("violence")]:
+                    mask.append(KNOWN if typed_majority or value else UNKNOWN)
+            if labels[LABELS.index("violence")]:
                 bucket = "spans-threat"
             elif labels[LABELS.index("hate")]:
                 bucket = "spans-identity"
@@ -211,12 +211,14 @@ def load_toxic_spans(datasets_dir):
                 bucket = "spans-insult"
             elif entry["types"]["Profane/Obscene"] / n >= 0.5:
                 bucket = "spans-profane"
-            else:
+            elif typed_majority:
                 bucket = "spans-other"
+            else:
+                bucket = "spans-untyped"
             examples.append(make_example(
                 _SPACES.sub(" ", row["comment_text"]).strip(), "toxic-spans", bucket, labels, mask,
                 targets=label_vector(**{k.replace("-", "_"): v for k, v in share.items()}),
-                harmful=0 if clean else 1,
+                harmful=UNKNOWN_HARM if bucket == "spans-untyped" else 1,
             ))
     return examples
 

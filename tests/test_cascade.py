@@ -120,13 +120,14 @@ def test_the_folder_is_the_accurate_config_the_fast_tokenizer_and_both_stages(fo
     accurate_id = build_spec("a", str(stages[1]), read_model_config(str(stages[1])), load_settings({})).model_id
     assert config["cascade"] == {"fast": "../fast", "accurate": "../accurate", "band": BAND,
                                  "fast_thresholds": FAST_MODEL.thresholds, "fast_id": fast_id,
-                                 "accurate_id": accurate_id}
+                                 "accurate_id": accurate_id}  # no "blend": the accurate scores stand
     assert config["thresholds"] == ACCURATE_MODEL.thresholds and config["model_version"].startswith(
         f"{fast_id}+{accurate_id}")
     assert (folder / "tokenizer.json").read_bytes() == (stages[0] / "tokenizer.json").read_bytes()
     assert not list(folder.glob("*.safetensors"))
     spec = build_spec("cascade", str(folder), config, load_settings({}))
-    assert spec.describe()["cascade"] == {"fast": fast_id, "accurate": accurate_id, "band": BAND}
+    assert spec.describe()["cascade"] == {"fast": fast_id, "accurate": accurate_id, "band": BAND,
+                                          "blended": False}
     assert spec.thresholds == ACCURATE_MODEL.thresholds and spec.labels == tuple(MULTI_LABELS)
     assert build_spec("cascade", str(folder), config, load_settings({"CASCADE_BAND": "0.5"})).cascade.band == 0.5
     assert build_spec("plain", str(stages[0]), read_model_config(str(stages[0])), load_settings({})).cascade is None
@@ -147,6 +148,22 @@ def test_the_command_refuses_stages_that_cannot_make_a_cascade(stages, tmp_path)
         build(str(tmp_path / "nowhere"), str(stages[1]), 1.0, str(tmp_path / "refused"))
     with pytest.raises(ValueError, match="band"):
         build(str(stages[0]), str(stages[1]), -1.0, str(tmp_path / "refused"))
+    with pytest.raises(ValueError, match="band"):
+        build(str(stages[0]), str(stages[1]), {"hate": 1.0, "violence": -0.5}, str(tmp_path / "refused"))
+    with pytest.raises(ValueError, match="needs its own thresholds"):
+        build(str(stages[0]), str(stages[1]), 1.0, str(tmp_path / "refused"), blend=BLEND)
+    with pytest.raises(ValueError, match="must name the models' labels"):
+        build(str(stages[0]), str(stages[1]), 1.0, str(tmp_path / "refused"), blend={"hate": [1, 1, 0]},
+              thresholds={"hate": 0.5})
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("blend", [{"hate": [1.0, 2.0]}, {"hate": "strong"}, ["hate"]])
+def test_a_malformed_blend_is_refused_with_the_keys_expected(blend):
+    from shared.cascade import CascadeConfig
+
+    with pytest.raises(ValueError, match="blend"):
+        CascadeConfig.of({"cascade": {"fast": "f", "accurate": "a", "band": 1.0, "blend": blend}})
 
 
 # --- which stage scores which window --------------------------------------------------------------------------
@@ -243,6 +260,71 @@ def test_the_stage_is_serialised_only_when_there_is_one():
     assert "stage" not in json.loads(ModerationResult.model_validate(plain).model_dump_json())
     assert json.loads(ModerationResult.model_validate({**plain, "stage": ACCURATE}).model_dump_json())["stage"] \
         == ACCURATE
+
+
+# --- a blended accurate stage and per-label bands (what `python -m model.compare --choose-band` chooses) ----------
+
+# Per label [w_fast, w_accurate, bias]: the verdict leans on each model differently per label, so a blend applied
+# to the wrong label, or the accurate scores left alone, changes the rows.
+BLEND = {"hate": [0.6, 0.8, -0.3], "harassment": [1.2, 0.3, 0.4], "violence": [0.2, 1.1, 0.0]}
+BLEND_THRESHOLDS = {"hate": 0.55, "harassment": 0.45, "violence": 0.25}
+BANDS = {"hate": 1.0, "harassment": 0.0, "violence": 0.0}  # only hate's doubtful windows go on
+
+
+def blended_row(text: str) -> list[float]:
+    fast, accurate = FAST_MODEL.logits(text), ACCURATE_MODEL.logits(text)
+    return [1 / (1 + math.exp(-(w_fast * f + w_accurate * a + bias)))
+            for (w_fast, w_accurate, bias), f, a in zip(BLEND.values(), fast, accurate)]
+
+
+def moved_to(text: str, thresholds: dict) -> list[float]:
+    return [1 / (1 + math.exp(-(value - logit(FAST_MODEL.thresholds[label]) + logit(thresholds[label]))))
+            for label, value in zip(FAST_MODEL.labels, FAST_MODEL.logits(text))]
+
+
+@pytest.fixture(scope="module")
+def blended_folder(stages):
+    choice = stages[0].parent / "cascade.json"
+    choice.write_text(json.dumps({"band": BANDS, "blend": BLEND, "thresholds": BLEND_THRESHOLDS, "rule": "a test"}))
+    output = stages[0].parent / "blended-cascade"
+    done = run_cascade("--fast", str(stages[0]), "--accurate", str(stages[1]), "--choice", str(choice),
+                       "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    return output
+
+
+def test_a_blended_cascade_answers_with_both_models_stacked_on_the_windows_its_per_label_bands_send(blended_folder):
+    config = read_model_config(str(blended_folder))
+    assert config["thresholds"] == BLEND_THRESHOLDS and config["cascade"]["blend"] == BLEND
+    assert config["cascade"]["band"] == BANDS
+    spec = build_spec("cascade", str(blended_folder), config, load_settings({}))
+    assert spec.describe()["cascade"]["blended"] is True and spec.thresholds == BLEND_THRESHOLDS
+
+    cascade, counts = load(blended_folder)
+    sent = [text for text in TEXTS if abs(FAST_MODEL.logits(text)[0] - logit(FAST_MODEL.thresholds["hate"])) < 1.0]
+    assert sent == ["we should hate martians"]  # "idiot" is as doubtful, but harassment's band is 0
+    assert_rows(cascade.score_many(TEXTS, 32, 512),
+                [[*blended_row(text), 1.0] if text in sent else [*moved_to(text, BLEND_THRESHOLDS), 0.0]
+                 for text in TEXTS])
+    assert counts == {FAST: len(TEXTS), ACCURATE: len(sent)}
+    # CASCADE_BAND is one band for every label; the blend still decides what goes on.
+    everything, _ = load(blended_folder, band=1e6)
+    assert_rows(everything.score_many(TEXTS, 32, 512), [[*blended_row(text), 1.0] for text in TEXTS])
+
+
+def test_the_choice_simulates_what_the_worker_answers(blended_folder, stages):
+    """model/cascade_choice.py picks the bands from a simulation on whole texts: it must be the worker's answer."""
+    import numpy as np
+
+    from model.cascade_choice import simulated_cascade
+    from worker.inference import TextClassifier
+
+    fast, accurate = (TextClassifier(str(stage), device="cpu", engine="torch", quantize="none") for stage in stages)
+    scores, unsure = simulated_cascade(np.array(fast.score_many(TEXTS, 32, 512)),
+                                       np.array(accurate.score_many(TEXTS, 32, 512)), FAST_MODEL.thresholds,
+                                       BLEND_THRESHOLDS, list(BANDS.values()), BLEND, labels=MULTI_LABELS)
+    served = np.array(load(blended_folder)[0].score_many(TEXTS, 32, 512))
+    assert np.allclose(scores, served[:, :-1], atol=1e-5) and (unsure == (served[:, -1] == 1.0)).all()
 
 
 # --- served end to end ----------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ import os
 import pytest
 
 from model.data import (
+    BUCKET_SHARES,
     LABELS,
+    UNKNOWN_HARM,
     dedup_key,
     load_davidson,
     load_extra_examples,
@@ -107,9 +109,12 @@ def test_toxic_spans_map_span_types_to_labels_and_profanity_to_none(tmp_path):
     _write_csv(folder / "annotations.csv",
                ["annotation", "comment_id", "worker", "country", "all toxic", "not toxic"], annotations)
     _write_csv(folder / "spans.csv", ["annotation", "type", "start", "end"], spans)
-    insult, profane, threat, clean = load_toxic_spans(str(tmp_path))
+    insult, profane, threat, untyped = load_toxic_spans(str(tmp_path))
     assert insult.labels[HARASSMENT] == 1 and insult.targets[HARASSMENT] == pytest.approx(2 / 3)
     assert profane.labels == (0,) * len(LABELS) and profane.mask[HARASSMENT] == 1
     assert profane.bucket == "spans-profane"
     assert threat.labels[VIOLENCE] == 1 and threat.labels[HARASSMENT] == 0
-    assert clean.bucket == "spans-clean" and clean.harmful == 0
+    # No span from anyone, "not toxic" ticked: still not clean, the flag is set on toxic comments as well.
+    assert untyped.bucket == "spans-untyped" and untyped.harmful == UNKNOWN_HARM
+    assert untyped.mask[HATE] == untyped.mask[HARASSMENT] == untyped.mask[VIOLENCE] == 0
+    assert BUCKET_SHARES["spans-untyped"] == 0

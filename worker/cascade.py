@@ -8,13 +8,14 @@ what the fast model reads, so they work unchanged.
 Per window, so a long text escalates only its doubtful parts:
 - the fast model scores it; it is uncertain when, for any label, |logit(score) - logit(fast threshold)| < band
   (logit units: the same band means the same confidence at any threshold). Band 0: the fast model alone.
+  The band is one number for every label or one per label (shared/cascade.py).
 - an uncertain window is decoded back to text with the fast tokenizer and scored by the accurate model (its own
-  windows, each label's highest); its row is the accurate scores.
-- a row the fast model decides is mapped onto the accurate model's threshold scale, per label:
+  windows, each label's highest); its row is the accurate stage's verdict: the accurate scores, or, for a
+  folder with a "blend", both models' scores stacked (blended()).
+- a row the fast model decides is mapped onto the accurate stage's threshold scale, per label:
   s' = sigmoid(logit(s) - logit(t_fast) + logit(t_accurate)). A score at the fast threshold lands on the
-  accurate one, so one set of thresholds (the accurate model's, in the cascade folder's config.json) gives each
-  row its stage's verdict, and a text's highest score per label over windows decided by different stages
-  still decides it.
+  accurate stage's, so one set of thresholds (the cascade folder's config.json) gives each row its stage's
+  verdict, and a text's highest score per label over windows decided by different stages still decides it.
 
 Each row has one more column than the model has labels: 1.0 where the accurate model decided the window, else
 0.0. Rows are folded by each column's highest (score_many; slices' partial scores), so a text's says whether the
@@ -54,12 +55,35 @@ def stage_of(row: list[float], labels: int) -> str:
     return ACCURATE if len(row) > labels and row[labels] >= 0.5 else FAST
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def fast_decisions(fast: np.ndarray, fast_threshold_logits: np.ndarray, accurate_threshold_logits: np.ndarray,
-                   band: float) -> tuple[np.ndarray, np.ndarray]:
-    """The fast model's rows moved onto the accurate model's threshold scale, and which rows are uncertain
-    (any label within `band` logits of its fast threshold): those go to the accurate model."""
+                   bands: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """The fast model's rows moved onto the accurate stage's threshold scale, and which rows are uncertain
+    (any label within its band, in logits, of its fast threshold): those go to the accurate stage."""
     shifted = logit(fast) - fast_threshold_logits
-    return 1.0 / (1.0 + np.exp(-(shifted + accurate_threshold_logits))), (np.abs(shifted) < band).any(axis=1)
+    return sigmoid(shifted + accurate_threshold_logits), (np.abs(shifted) < bands).any(axis=1)
+
+
+def blended(fast: np.ndarray, accurate: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """The accurate stage's verdict on rows both models scored: the accurate scores alone (weights None), else
+    per label sigmoid(w_fast * logit(fast) + w_accurate * logit(accurate) + bias), weights shaped (labels, 3)."""
+    if weights is None:
+        return np.asarray(accurate, dtype=np.float64)
+    return sigmoid(weights[:, 0] * logit(fast) + weights[:, 1] * logit(accurate) + weights[:, 2])
+
+
+def blend_weights(cascade: CascadeConfig, labels) -> np.ndarray | None:
+    """The folder's blend as a (labels, 3) array in the labels' order, or None (the accurate scores stand)."""
+    if cascade.blend is None:
+        return None
+    missing = [label for label in labels if label not in cascade.blend]
+    if missing:
+        raise ModelLoadError(f"the cascade's blend has no weights for {missing}: rebuild it with python -m "
+                             "model.cascade")
+    return np.array([cascade.blend[label] for label in labels], dtype=np.float64)
 
 
 def _joined(fast: str, accurate: str) -> str:
@@ -97,6 +121,8 @@ class CascadeClassifier:
         labels, accurate_thresholds = self._check_stages(path, folder, fast_path, accurate_path)
         self._fast_logits = logit([self.cascade.fast_thresholds.get(label, DEFAULT_THRESHOLD) for label in labels])
         self._accurate_logits = logit([accurate_thresholds[label] for label in labels])
+        self._bands = np.array([self.cascade.band_of(label) for label in labels])
+        self._blend = blend_weights(self.cascade, labels)
         self.on_windows = on_windows
         # The fast tokenizer's own copy for decoding windows: an HF fast tokenizer must not serve two threads at
         # once (TextClassifier.encode locks its own), and WORKER_CONCURRENCY > 1 runs batches side by side.
@@ -133,7 +159,7 @@ class CascadeClassifier:
         return cascade.labels, cascade.thresholds
 
     @property
-    def band(self) -> float:
+    def band(self) -> float | dict[str, float]:
         return self.cascade.band
 
     @property
@@ -145,7 +171,8 @@ class CascadeClassifier:
         self.fast.max_text_tokens = self.accurate.max_text_tokens = tokens
 
     def describe(self) -> str:
-        return (f"cascade, band {self.band:g}: fast {self.cascade.fast_id} ({self.fast.describe()}), "
+        blend = ", blended" if self._blend is not None else ""
+        return (f"cascade, band {self.band}{blend}: fast {self.cascade.fast_id} ({self.fast.describe()}), "
                 f"accurate {self.cascade.accurate_id} ({self.accurate.describe()})")
 
     def encode(self, texts: list[str]) -> tuple[dict[str, list[list[int]]], list[int]]:
@@ -170,7 +197,7 @@ class CascadeClassifier:
         labels = len(self._fast_logits)
         fast = np.asarray(self.fast.window_scores(encoded, max_texts, max_tokens, on_pass),
                           dtype=np.float64).reshape(-1, labels)
-        moved, unsure = fast_decisions(fast, self._fast_logits, self._accurate_logits, self.band)
+        moved, unsure = fast_decisions(fast, self._fast_logits, self._accurate_logits, self._bands)
         rows = np.zeros((len(fast), labels + 1))
         rows[:, :labels] = moved
         uncertain = np.flatnonzero(unsure)
@@ -178,7 +205,8 @@ class CascadeClassifier:
             with self._decoder_lock:
                 texts = self._decoder.batch_decode([encoded["input_ids"][i] for i in uncertain],
                                                    skip_special_tokens=True)
-            rows[uncertain, :labels] = self.accurate.score_many(texts, max_texts, max_tokens, on_pass)
+            accurate = np.asarray(self.accurate.score_many(texts, max_texts, max_tokens, on_pass), dtype=np.float64)
+            rows[uncertain, :labels] = blended(fast[uncertain], accurate, self._blend)
             rows[uncertain, labels] = 1.0
         if self.on_windows is not None and len(fast):
             self.on_windows(FAST, len(fast))

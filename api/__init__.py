@@ -12,6 +12,7 @@ import os
 import kombu.exceptions
 import redis
 from flask import Flask
+from redis.exceptions import RedisClusterException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import health, jobs, moderations, openapi, queue, web, webhook_secrets
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def _register_outage_handler(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
+    @app.errorhandler(RedisClusterException)  # not a RedisError (shared/redis_client.py STORE_ERRORS)
     @app.errorhandler(kombu.exceptions.OperationalError)
     def redis_unavailable(exc: Exception):
         # Redis or the broker is down: nothing was accepted, so the client may simply retry.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import redis
 from flask import Blueprint
 
 from api import schemas as s
 from api.contract import operation, reply
 from api.errors import error_response
 from api.extensions import services
+from shared.redis_client import STORE_ERRORS
 from shared.worker_registry import live_workers
 
 bp = Blueprint("health", __name__)
@@ -31,7 +31,7 @@ def readyz():
     try:
         svc.redis.ping()
         workers = live_workers(svc.redis, [default])[default]
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         return error_response(503, "not_ready", f"Redis is unreachable: {exc}",
                               headers={"Retry-After": "1"})
     if workers < 1:
@@ -46,7 +46,7 @@ def models():
     svc = services()
     try:
         workers = live_workers(svc.redis, list(svc.models))
-    except redis.RedisError:
+    except STORE_ERRORS:
         workers = {}
     return reply(s.Models(
         default_model=svc.settings.default_model,

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import redis
 from flask import g, request
 
 from api.errors import APIError
 from api.extensions import services
 from shared.jobs import JobRecord, new_job_id
+from shared.redis_client import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def release(found: Claim | None) -> None:
         svc = services()
         if not svc.store.exists(found.job_id):
             svc.redis.eval(_RELEASE_SCRIPT, 1, found.redis_key, found.value)
-    except redis.RedisError as exc:  # it expires, or the next request takes it over after IN_FLIGHT_GRACE
+    except STORE_ERRORS as exc:  # it expires, or the next request takes it over after IN_FLIGHT_GRACE
         log.warning("could not release %s reservation for job %s: %s", HEADER, found.job_id, exc)
 
 

@@ -22,9 +22,10 @@ from shared.celery_app import is_redis_url, parking_queue_name
 from shared.config import Settings
 from shared.jobs import pending_age
 from shared.queue_stats import add_queue_depth, oldest_job_age, queue_depth
+from shared.redis_client import STORE_ERRORS
 
 # What a broker read raises when the broker (or the record Redis) is unreachable.
-BROKER_ERRORS = (redis.RedisError, kombu.exceptions.OperationalError)
+BROKER_ERRORS = (*STORE_ERRORS, kombu.exceptions.OperationalError)
 
 
 def broker_redis(settings: Settings) -> redis.Redis:

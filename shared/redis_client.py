@@ -28,10 +28,14 @@ from urllib.parse import quote, urlsplit
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from shared.config import ConfigError, Settings, redis_seed_nodes
+
+# What an unreachable job store raises: redis-py's errors and, on a cluster, RedisClusterException, which is not a
+# RedisError (raised when no node answers while the client learns the slots again, e.g. as a master dies).
+STORE_ERRORS = (redis.RedisError, RedisClusterException)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,7 @@ def check_broker_outside_cluster(settings: Settings) -> None:
                                   socket_connect_timeout=settings.redis_socket_timeout, decode_responses=True)
     try:
         enabled = client.info("cluster").get("cluster_enabled")
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         log.warning("could not ask the broker Redis whether it is a cluster node: %s", exc)
         return
     finally:

@@ -16,8 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import redis
-
 NODENAME_FILE = Path(tempfile.gettempdir()) / "moderation-worker.nodename"
 
 
@@ -28,7 +26,7 @@ def write_nodename(hostname: str) -> None:
 def main() -> int:
     from shared import worker_registry
     from shared.config import get_settings
-    from shared.redis_client import make_redis
+    from shared.redis_client import STORE_ERRORS, make_redis
 
     try:
         hostname = NODENAME_FILE.read_text().strip()
@@ -38,7 +36,7 @@ def main() -> int:
     settings = get_settings()
     try:
         live = worker_registry.is_live(make_redis(settings), hostname, list(settings.worker_models))
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         print(f"Redis unreachable: {exc}", file=sys.stderr)
         return 1
     if not live:
@@ -50,12 +48,12 @@ def main() -> int:
 def dependencies() -> int:
     from shared.celery_app import make_celery
     from shared.config import get_settings
-    from shared.redis_client import make_redis
+    from shared.redis_client import STORE_ERRORS, make_redis
 
     settings = get_settings()
     try:
         make_redis(settings).ping()
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         print(f"Redis unreachable: {exc}", file=sys.stderr)
         return 1
     try:

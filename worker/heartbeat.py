@@ -8,6 +8,7 @@ import logging
 import redis
 
 from shared import worker_registry
+from shared.redis_client import STORE_ERRORS
 from worker.background import BackgroundThread
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ class Heartbeat(BackgroundThread):
         while not self._stop.is_set():
             try:
                 worker_registry.heartbeat(self.client, self.hostname, self.models)
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
             self._stop.wait(worker_registry.HEARTBEAT_INTERVAL)
 
@@ -30,5 +31,5 @@ class Heartbeat(BackgroundThread):
         super().stop()
         try:
             worker_registry.leave(self.client, self.hostname, self.models)
-        except redis.RedisError:
+        except STORE_ERRORS:
             pass

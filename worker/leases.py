@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 
-import redis
-
 from shared.jobs import LEASE_SECONDS, JobStore
+from shared.redis_client import STORE_ERRORS
 from worker.background import BackgroundThread
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class LeaseKeeper(BackgroundThread):
         while not self._stop.wait(LEASE_SECONDS / 3):
             try:
                 lost = self.store.renew(self.owner, self.held.leases())
-            except redis.RedisError as exc:  # the store gate holds the batch; the next round tries again
+            except STORE_ERRORS as exc:  # the store gate holds the batch; the next round tries again
                 log.warning("could not renew job leases: %s", exc)
                 continue
             if lost:

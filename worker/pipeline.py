@@ -25,11 +25,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import redis
-
 from shared.celery_app import celery_app
 from shared.jobs import FAILED, HELD, RUN, SKIP, SUCCEEDED, Claim
 from shared.queues import publish_job, queue_for_model
+from shared.redis_client import STORE_ERRORS
 from worker import metrics
 from worker.deliveries import MODEL_GATE, poison_error, worker_name
 from worker.followups import after_batch
@@ -159,7 +158,7 @@ def score_jobs(served: ServedModel, jobs: list[Job], settings) -> list[Outcome]:
     the job store) is no job's fault: it propagates, and the batch is held until the store answers."""
     try:
         return _score_together(served, jobs, settings)
-    except redis.RedisError:
+    except STORE_ERRORS:
         raise
     except Exception as exc:
         if len(jobs) == 1:
@@ -186,7 +185,7 @@ def process_batch(runtime: WorkerRuntime, requests: list) -> BatchReport:
     mine = [job for job in jobs if job.job_id not in busy]
     try:
         _process_jobs(runtime, mine, outcomes, report)
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         # Refused, timed out past the client's retries, or a write refused (READONLY, MISCONF, OOM): no job's
         # fault. The whole batch runs again here once the store takes writes (worker/tasks.py); every step
         # of it is idempotent (shared/job_scripts.py), so what already went through is not done twice.
@@ -211,7 +210,7 @@ def _release(runtime: WorkerRuntime, jobs: list[Job]) -> None:
     leases = {job.job_id: job.claim.token for job in jobs if job.claim is not None}
     try:
         runtime.store.release(worker_name(), leases)
-    except redis.RedisError as exc:
+    except STORE_ERRORS as exc:
         log.warning("could not release the leases of a failed batch (they expire in seconds): %s", exc)
 
 
@@ -300,7 +299,7 @@ def _advance(runtime: WorkerRuntime, live: list[Job], sliced: list, postponed: l
                                job.claim.partial, budget, settings.batch_max_texts,
                                settings.batch_max_tokens or served.classifier.token_budget,
                                on_pass=_observe_pass(job.model))
-        except redis.RedisError:
+        except STORE_ERRORS:
             raise
         except Exception as exc:
             log.exception("job %s failed", job.job_id)

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 
-import redis
 from celery.worker import state as worker_state
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
@@ -26,6 +25,7 @@ from shared.celery_app import celery_app
 from shared.config import Settings
 from shared.kombu_redis import batched_acks, more_in_fetch
 from shared.queues import MODERATE_TASK
+from shared.redis_client import STORE_ERRORS
 from worker.deliveries import worker_name
 from worker.pipeline import BatchReport, process_batch
 from worker.runtime import get_runtime
@@ -199,7 +199,7 @@ def store_answers() -> bool:
     disk full, OOM at maxmemory) answers PING, but would fail every batch, so only a real write counts."""
     try:
         return get_runtime().store.takes_writes(worker_name())
-    except redis.RedisError:
+    except STORE_ERRORS:
         return False
 
 

@@ -119,6 +119,13 @@ def run_pipelined(client, build, raise_on_error: bool = True) -> list:
         scripts = build(pipe) or ()
         try:
             return pipe.execute(raise_on_error=raise_on_error)
+        except AttributeError as exc:
+            # redis-py's cluster pipeline, connecting to a node as it dies, can find the connection's hiredis
+            # reader already torn down ("'NoneType' object has no attribute 'feed'"; seen in make test-cluster):
+            # the node is unreachable, which callers handle as any store outage (503 + Retry-After in the API).
+            if not is_cluster(client):
+                raise
+            raise redis.ConnectionError(f"a Redis Cluster node went away while connecting: {exc}") from exc
         except NoScriptError:
             if attempt == 2 or not scripts:
                 raise

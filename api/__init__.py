@@ -9,10 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-import kombu.exceptions
-import redis
 from flask import Flask
-from redis.exceptions import RedisClusterException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import health, jobs, moderations, openapi, queue, web, webhook_secrets
@@ -25,7 +22,7 @@ from api.metrics import count_rejection, init_metrics
 from api.schemas import build_schemas
 from api.tokens import token_counters
 from shared import metrics as names
-from shared.broker import broker_queues
+from shared.broker import BROKER_ERRORS, broker_queues
 from shared.celery_app import is_redis_url, make_celery
 from shared.completions import CompletionListener
 from shared.config import Settings, get_settings
@@ -87,12 +84,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _register_outage_handler(app: Flask) -> None:
-    @app.errorhandler(redis.RedisError)
-    @app.errorhandler(RedisClusterException)  # not a RedisError (shared/redis_client.py STORE_ERRORS)
-    @app.errorhandler(kombu.exceptions.OperationalError)
     def redis_unavailable(exc: Exception):
         # Redis or the broker is down: nothing was accepted, so the client may simply retry.
         log.warning("Redis or broker unavailable: %s", exc)
         count_rejection(names.REJECT_UNAVAILABLE)
         return error_response(503, "unavailable", "the job queue is unavailable; retry shortly",
                               headers={"Retry-After": "1"})
+    for error in BROKER_ERRORS:  # the store's errors (STORE_ERRORS) and kombu's
+        app.register_error_handler(error, redis_unavailable)

@@ -32,6 +32,7 @@ from model.build import DEFAULT_OUTPUT_DIR as FAST_DIR
 from model.build import PROJECT_ROOT
 from model.calibrate import validation_record
 from model.cascade import build as build_cascade
+from model.cascade import read_choice
 from model.cascade_choice import choose
 from model.clean_sets import load_clean_sets
 from model.data import LABELS, load_splits, written_examples
@@ -124,7 +125,7 @@ def main(argv=None):
             json.dump(choice, f, indent=2)
             f.write("\n")
         print(json.dumps({k: choice[k] for k in ("band", "chosen", "met")}), flush=True)
-    choice = json.load(open(BAND_FILE))
+    choice = read_choice(BAND_FILE)
     band = args.band if args.band is not None else choice["band"]
 
     test, cases = splits["test"][:args.limit], load_suite()
